@@ -1,0 +1,228 @@
+"""Batched clip augmentation on the training device (DESIGN.md §3).
+
+Clips arrive as uint8 (B, N, 3, H, W), possibly zero-padded to the largest frame of the batch,
+with each clip's real (height, width). Random parameters are drawn on the CPU (a few numbers
+per clip or frame), then applied to the whole batch at once: one roi_align does every crop and
+resize, colour operations are vectorised over frames with per-frame factors.
+"""
+from dataclasses import dataclass
+
+import torch
+from torchvision.ops import roi_align
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_SIZE = 224
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to draw for a clip. `per_frame_color`: grayscale and jitter drawn per frame, not per clip."""
+
+    crop: str  # "random": CROP_SIZE at a uniform position; "random_sized": area/aspect jitter; "center"
+    sized_crop_p: float = 1.0
+    flip: bool = False
+    gray_p: float = 0.0
+    jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.0
+    per_frame_color: bool = False
+
+
+PRETRAIN = Recipe(crop="random", flip=True, gray_p=0.5, jitter=(0.5, 0.5, 0.5, 0.25), jitter_p=1.0,
+                  per_frame_color=True)
+FINETUNE_TRAIN = Recipe(crop="random_sized", sized_crop_p=1.0, flip=True, jitter=(0.5, 0.5, 0.5, 0.25), jitter_p=0.3)
+FINETUNE_VAL = Recipe(crop="random_sized", sized_crop_p=0.3, flip=True, jitter=(0.2, 0.2, 0.2, 0.1), jitter_p=0.3)
+TEST = Recipe(crop="center")
+
+
+@dataclass
+class AugmentParams:
+    """Everything random about one batch; frame-level fields are (B, N)."""
+
+    boxes: torch.Tensor  # (B, 4) x1, y1, x2, y2 in pixels
+    flip: torch.Tensor  # (B,) bool
+    gray: torch.Tensor  # (B, N) bool
+    jitter_on: torch.Tensor  # (B, N) bool
+    factors: torch.Tensor  # (B, N, 4) brightness, contrast, saturation, hue shift
+    order: torch.Tensor  # (B, N, 4) a permutation of the four jitter operations
+
+
+def _uniform(low, high, shape, generator):
+    return low + (high - low) * torch.rand(shape, generator=generator)
+
+
+def _center_boxes(sizes: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    heights, widths = sizes[:, 0].float(), sizes[:, 1].float()
+    x1 = ((widths - side) / 2).floor()
+    y1 = ((heights - side) / 2).floor()
+    return torch.stack([x1, y1, x1 + side, y1 + side], dim=1)
+
+
+def _random_fixed_boxes(sizes: torch.Tensor, generator) -> torch.Tensor:
+    heights, widths = sizes[:, 0], sizes[:, 1]
+    side = torch.minimum(torch.full_like(heights, CROP_SIZE), torch.minimum(heights, widths))
+    x1 = (torch.rand(len(sizes), generator=generator) * (widths - side + 1)).floor()
+    y1 = (torch.rand(len(sizes), generator=generator) * (heights - side + 1)).floor()
+    return torch.stack([x1, y1, x1 + side, y1 + side], dim=1).float()
+
+
+def _random_sized_boxes(sizes: torch.Tensor, p: float, generator, attempts: int = 10) -> torch.Tensor:
+    """Area 0.5-1 of the frame, aspect 3/4-4/3, first of `attempts` draws that fits; else the centre square."""
+    count = len(sizes)
+    heights, widths = sizes[:, 0:1].float(), sizes[:, 1:2].float()
+    area = _uniform(0.5, 1.0, (count, attempts), generator) * heights * widths
+    aspect = _uniform(3 / 4, 4 / 3, (count, attempts), generator)
+    crop_w = (area * aspect).sqrt().round()
+    crop_h = (area / aspect).sqrt().round()
+    swap = torch.rand(count, attempts, generator=generator) < 0.5
+    crop_w, crop_h = torch.where(swap, crop_h, crop_w), torch.where(swap, crop_w, crop_h)
+    fits = (crop_w <= widths) & (crop_h <= heights)
+    first = fits.float().argmax(dim=1, keepdim=True)
+    crop_w, crop_h = crop_w.gather(1, first), crop_h.gather(1, first)
+    x1 = (torch.rand(count, 1, generator=generator) * (widths - crop_w + 1)).floor()
+    y1 = (torch.rand(count, 1, generator=generator) * (heights - crop_h + 1)).floor()
+    sized = torch.cat([x1, y1, x1 + crop_w, y1 + crop_h], dim=1)
+    fallback = _center_boxes(sizes, torch.minimum(heights, widths).flatten())
+    use_sized = fits.any(dim=1) & (torch.rand(count, generator=generator) < p)
+    return torch.where(use_sized[:, None], sized, fallback)
+
+
+def sample_params(recipe: Recipe, sizes: torch.Tensor, num_frames: int,
+                  generator: torch.Generator | None = None) -> AugmentParams:
+    """Draws one batch's parameters on the CPU. `sizes` is (B, 2): each clip's frame height and width."""
+    count = len(sizes)
+    if recipe.crop == "random":
+        boxes = _random_fixed_boxes(sizes, generator)
+    elif recipe.crop == "random_sized":
+        boxes = _random_sized_boxes(sizes, recipe.sized_crop_p, generator)
+    else:
+        side = torch.minimum(torch.full((count,), CROP_SIZE), sizes.min(dim=1).values).float()
+        boxes = _center_boxes(sizes, side)
+    flip = (torch.rand(count, generator=generator) < 0.5) & recipe.flip
+    color_shape = (count, num_frames) if recipe.per_frame_color else (count, 1)
+    gray = torch.rand(color_shape, generator=generator) < recipe.gray_p
+    jitter_on = torch.rand(color_shape, generator=generator) < recipe.jitter_p
+    b, c, s, h = recipe.jitter or (0.0, 0.0, 0.0, 0.0)
+    factors = torch.stack([_uniform(max(0.0, 1 - b), 1 + b, color_shape, generator),
+                           _uniform(max(0.0, 1 - c), 1 + c, color_shape, generator),
+                           _uniform(max(0.0, 1 - s), 1 + s, color_shape, generator),
+                           _uniform(-h, h, color_shape, generator)], dim=-1)
+    order = torch.rand((*color_shape, 4), generator=generator).argsort(dim=-1)
+    frames = (count, num_frames)
+    return AugmentParams(boxes=boxes, flip=flip, gray=gray.expand(frames), jitter_on=jitter_on.expand(frames),
+                         factors=factors.expand(*frames, 4), order=order.expand(*frames, 4))
+
+
+def crop_resize(frames: torch.Tensor, boxes: torch.Tensor, frames_per_box: int, size: int) -> torch.Tensor:
+    """Float frames (B*N, 3, H, W), one CPU box per clip -> (B*N, 3, size, size), bilinear.
+
+    Downscaling averages several samples per output pixel, like an antialiased resize.
+    """
+    frame_boxes = boxes.to(frames.device, frames.dtype, non_blocking=True).repeat_interleave(frames_per_box, dim=0)
+    largest_side = float((boxes[:, 2:] - boxes[:, :2]).max())
+    samples = max(1, int(-(-largest_side // size)))
+    rois = torch.cat([torch.arange(len(frame_boxes), device=frames.device, dtype=frames.dtype)[:, None],
+                      frame_boxes], dim=1)
+    return roi_align(frames, rois, output_size=size, spatial_scale=1.0, sampling_ratio=samples, aligned=True)
+
+
+def _blend(image: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor * image + (1 - factor) * other).clamp_(0, 1)
+
+
+def _rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
+    red, green, blue = image.unbind(dim=-3)
+    value = image.amax(dim=-3)
+    chroma = value - image.amin(dim=-3)
+    safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    saturation = torch.where(value > 0, chroma / torch.where(value > 0, value, torch.ones_like(value)), 0)
+    hue = torch.where(value == red, (green - blue) / safe_chroma,
+                      torch.where(value == green, 2 + (blue - red) / safe_chroma, 4 + (red - green) / safe_chroma))
+    hue = torch.where(chroma > 0, (hue / 6) % 1.0, 0)
+    return torch.stack([hue, saturation, value], dim=-3)
+
+
+def _hsv_to_rgb(image: torch.Tensor) -> torch.Tensor:
+    hue, saturation, value = image.unbind(dim=-3)
+    # Each channel is v - v*s*clamp(min(k, 4 - k), 0, 1), with k = (n + 6h) mod 6 and n = 5, 3, 1.
+    offsets = torch.tensor([5.0, 3.0, 1.0], device=image.device, dtype=image.dtype).view(3, 1, 1)
+    k = (offsets + 6 * hue.unsqueeze(-3)) % 6
+    ramp = torch.minimum(k, 4 - k).clamp(0, 1)
+    return value.unsqueeze(-3) * (1 - saturation.unsqueeze(-3) * ramp)
+
+
+def adjust_hue(image: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    hsv = _rgb_to_hsv(image)
+    hue = (hsv[:, 0:1] + shift) % 1.0
+    return _hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], dim=1))
+
+
+def _grayscale(image: torch.Tensor) -> torch.Tensor:
+    return TF.rgb_to_grayscale(image, num_output_channels=1)
+
+
+def _brightness(image, factor):
+    return (image * factor).clamp_(0, 1)
+
+
+def _contrast(image, factor):
+    return _blend(image, _grayscale(image).mean(dim=(-3, -2, -1), keepdim=True), factor)
+
+
+def _saturation(image, factor):
+    return _blend(image, _grayscale(image), factor)
+
+
+JITTER_OPS = (_brightness, _contrast, _saturation, adjust_hue)
+
+
+def color_jitter(frames: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Per-frame colour jitter: frame i applies the four operations in order[i] with factors[i], where on[i]."""
+    factors = factors.to(frames.device, frames.dtype, non_blocking=True).view(-1, 4, 1, 1, 1)
+    on = on.to(frames.device, non_blocking=True)
+    order = order.to(frames.device, non_blocking=True)
+    for position in range(4):
+        for op_index, op in enumerate(JITTER_OPS):
+            chosen = (on & (order[:, position] == op_index)).view(-1, 1, 1, 1)
+            frames = torch.where(chosen, op(frames, factors[:, op_index]), frames)
+    return frames
+
+
+def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recipe: Recipe) -> torch.Tensor:
+    """uint8 clips (B, N, 3, H, W) on any device -> normalised float (B, N, 3, img_dim, img_dim)."""
+    batch, steps = clips.shape[:2]
+    frames = crop_resize(clips.flatten(0, 1).float().div_(255), params.boxes, steps, img_dim)
+    flip = params.flip.to(frames.device, non_blocking=True).repeat_interleave(steps).view(-1, 1, 1, 1)
+    frames = torch.where(flip, frames.flip(-1), frames)
+    if recipe.gray_p > 0:
+        gray = params.gray.flatten().to(frames.device, non_blocking=True).view(-1, 1, 1, 1)
+        frames = torch.where(gray, _grayscale(frames).expand_as(frames), frames)
+    if recipe.jitter is not None and recipe.jitter_p > 0:
+        frames = color_jitter(frames, params.jitter_on.flatten(), params.factors.flatten(0, 1),
+                              params.order.flatten(0, 1))
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 3, 1, 1)
+    return ((frames - mean) / std).view(batch, steps, 3, img_dim, img_dim)
+
+
+class ClipAugment:
+    """The augmentation of one stage: draws parameters with its own generator, applies them on the clips' device."""
+
+    def __init__(self, recipe: Recipe, img_dim: int, seed: int | None = None):
+        self.recipe = recipe
+        self.img_dim = img_dim
+        self.generator = torch.Generator()
+        if seed is not None:
+            self.generator.manual_seed(seed)
+
+    def __call__(self, clips: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        params = sample_params(self.recipe, sizes, clips.shape[1], self.generator)
+        return apply_params(clips, params, self.img_dim, self.recipe)
+
+
+def denormalize(frames: torch.Tensor) -> torch.Tensor:
+    """Normalised frames (..., 3, H, W) -> [0, 1], for logging."""
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=frames.device).view(3, 1, 1)
+    return (frames * std + mean).clamp(0, 1)

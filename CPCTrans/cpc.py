@@ -1,0 +1,126 @@
+"""CPC pretraining head: ConvGRU aggregation, recursive prediction and the dense contrastive scores."""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from CPCTrans.convgru import ConvGRU, init_orthogonal
+from CPCTrans.encoder import VideoEncoder
+
+# Kinds of entries in the score matrix (DESIGN.md §2.7).
+POSITIVE, SPATIAL, TEMPORAL, EASY = 0, 1, 2, 3
+KIND_NAMES = ("positive", "spatial", "temporal", "easy")
+
+
+class CPCTrans(nn.Module):
+    """Predicts the encoder outputs of the last `pred_step` frames from the first `num_seq - pred_step`."""
+
+    kind = "cpc"
+
+    def __init__(self, net: str = "resnet18", num_seq: int = 5, pred_step: int = 3, attn: str = "full"):
+        super().__init__()
+        if not 0 < pred_step < num_seq:
+            raise ValueError(f"--pred_step must be between 1 and --num_seq - 1, got {pred_step} with --num_seq {num_seq}")
+        self.config = {"net": net, "num_seq": num_seq, "pred_step": pred_step, "attn": attn}
+        self.pred_step = pred_step
+        self.encoder = VideoEncoder(net, attn)
+        width = self.encoder.width
+        self.agg = ConvGRU(width, width)
+        self.predictor = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Conv2d(width, width, 1))
+        init_orthogonal(self.predictor)
+
+    def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clips (B, N, 3, H, W) -> (predictions, targets), each (B, pred_step, C, h, w)."""
+        features = self.encoder(clips)
+        context_steps = features.shape[1] - self.pred_step
+        targets = features[:, context_steps:]
+        hidden = self.agg(torch.relu(features[:, :context_steps]))[:, -1]
+        predictions = []
+        for step in range(self.pred_step):
+            prediction = self.predictor(hidden)
+            predictions.append(prediction)
+            if step + 1 < self.pred_step:
+                hidden = self.agg.step(torch.relu(prediction), hidden)
+        return torch.stack(predictions, dim=1), targets
+
+
+def dense_scores(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Every predicted vector against every target vector: a (B*P*h*w) x (B*P*h*w) matrix.
+
+    Rows and columns are ordered (video, step, position); the positive of row i is column i.
+    """
+    channels = predictions.shape[2]
+    pred = predictions.permute(0, 1, 3, 4, 2).reshape(-1, channels).float()
+    target = targets.permute(0, 1, 3, 4, 2).reshape(-1, channels).float()
+    return pred @ target.t()
+
+
+def contrastive_loss(scores: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(scores, torch.arange(scores.shape[0], device=scores.device))
+
+
+def score_kinds(batch: int, steps: int, positions: int, device: torch.device | None = None) -> torch.Tensor:
+    """The kind of every entry of the score matrix: POSITIVE, SPATIAL, TEMPORAL or EASY (int8)."""
+    video, step, position = (index.flatten() for index in torch.meshgrid(
+        torch.arange(batch, device=device), torch.arange(steps, device=device),
+        torch.arange(positions, device=device), indexing="ij"))
+    same_video = video[:, None] == video[None, :]
+    same_position = position[:, None] == position[None, :]
+    same_step = step[:, None] == step[None, :]
+    kinds = torch.full(same_video.shape, EASY, dtype=torch.int8, device=device)
+    kinds[same_video] = SPATIAL
+    kinds[same_video & same_position] = TEMPORAL
+    kinds[same_video & same_position & same_step] = POSITIVE
+    return kinds
+
+
+class PretextMetrics:
+    """Device-side counts for a stream of score matrices: top-1/3/5 hits and the kind of each top-1 pick.
+
+    Nothing here synchronises with the host; call `summary()` when numbers are needed.
+    """
+
+    TOPK = (1, 3, 5)
+
+    def __init__(self):
+        self._kinds_cache: dict[tuple, torch.Tensor] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = 0.0
+        self.rows = 0
+        self.batches = 0
+        self.hits = None
+        self.picks = None
+
+    def _kinds(self, shape: tuple, device: torch.device) -> torch.Tensor:
+        key = (*shape, str(device))
+        if key not in self._kinds_cache:
+            self._kinds_cache[key] = score_kinds(*shape, device=device)
+        return self._kinds_cache[key]
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor, scores: torch.Tensor, shape: tuple) -> None:
+        """`shape` is (batch, pred_step, positions) of the predictions behind `scores`."""
+        rows = scores.shape[0]
+        k = min(max(self.TOPK), rows)
+        ranked = scores.topk(k, dim=1).indices
+        correct = ranked == torch.arange(rows, device=scores.device)[:, None]
+        hits = torch.stack([correct[:, :min(topk, k)].any(dim=1).sum() for topk in self.TOPK])
+        picked_kind = self._kinds(shape, scores.device).gather(1, ranked[:, :1]).long().flatten()
+        picks = torch.bincount(picked_kind, minlength=len(KIND_NAMES))
+        self.hits = hits if self.hits is None else self.hits + hits
+        self.picks = picks if self.picks is None else self.picks + picks
+        self.loss_sum = self.loss_sum + loss.detach().float() * rows
+        self.rows += rows
+        self.batches += 1
+
+    def summary(self) -> dict:
+        if self.rows == 0:
+            return {}
+        hits = (self.hits.float() / self.rows).tolist()
+        picks = self.picks.tolist()
+        wrong = max(sum(picks) - picks[POSITIVE], 1)
+        summary = {"loss": float(self.loss_sum) / self.rows}
+        summary.update({f"top{k}": acc for k, acc in zip(self.TOPK, hits)})
+        summary.update({f"wrong_{name}": picks[kind] / wrong for kind, name in enumerate(KIND_NAMES) if kind != POSITIVE})
+        return summary

@@ -1,0 +1,145 @@
+"""Frame-folder datasets driven by the CSV index (DESIGN.md §5): one class for every dataset.
+
+Workers read and decode JPEGs (torchvision.io) and hand out uint8 clips; everything else
+happens batched on the training device (CPCTrans.augment).
+"""
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+
+class DataError(Exception):
+    """Bad input a user can fix; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    folder: str
+    num_frames: int
+    label: int
+
+
+def read_class_names(path: Path) -> list[str]:
+    """classInd.txt ("1 ApplyEyeMakeup" per line, 1-based) -> names in index order."""
+    if not path.is_file():
+        raise DataError(f"{path}: class list not found; run ProcessData/write_csv.py first")
+    names = {}
+    for line_number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise DataError(f"{path}:{line_number}: expected '<index> <class name>', got {line!r}")
+        names[int(parts[0])] = parts[1]
+    if sorted(names) != list(range(1, len(names) + 1)):
+        raise DataError(f"{path}: class indices must run 1..{len(names)} without gaps")
+    return [names[index] for index in sorted(names)]
+
+
+def read_index(path: Path, num_classes: int | None = None) -> list[VideoRecord]:
+    """A split CSV (`<frame folder>,<number of frames>,<0-based label>` per row) -> records."""
+    if not path.is_file():
+        raise DataError(f"{path}: CSV index not found; run ProcessData/write_csv.py (or check --csv_root / --split)")
+    records = []
+    with open(path, newline="") as handle:
+        for row_number, row in enumerate(csv.reader(handle), 1):
+            try:
+                folder, num_frames, label = row[0], int(row[1]), int(row[2])
+            except (IndexError, ValueError):
+                raise DataError(f"{path}:{row_number}: expected '<frame folder>,<frames>,<label>', got {row!r}; "
+                                f"regenerate it with ProcessData/write_csv.py") from None
+            if num_classes is not None and not 0 <= label < num_classes:
+                raise DataError(f"{path}:{row_number}: label {label} is outside 0..{num_classes - 1} of classInd.txt")
+            records.append(VideoRecord(folder, num_frames, label))
+    if not records:
+        raise DataError(f"{path}: the CSV index is empty; check the frame root given to write_csv.py")
+    return records
+
+
+def frame_path(folder: str, index: int) -> str:
+    """0-based frame index -> its JPEG (files are numbered from 1)."""
+    return str(Path(folder) / f"image_{index + 1:05d}.jpg")
+
+
+def clip_start_range(num_frames: int, num_seq: int, ds: int) -> int:
+    """How many start positions a clip of `num_seq` frames `ds` apart has (0: the video is too short)."""
+    return max(0, num_frames - num_seq * ds + 1)
+
+
+def clip_indices(start: int, num_seq: int, ds: int) -> list[int]:
+    return [start + step * ds for step in range(num_seq)]
+
+
+def window_starts(num_frames: int, num_seq: int, ds: int) -> list[int]:
+    """Test time: frames 0, ds, 2ds, ... cut into consecutive non-overlapping windows of `num_seq`."""
+    sampled = (num_frames + ds - 1) // ds
+    return [window * num_seq * ds for window in range(sampled // num_seq)]
+
+
+def decode_frames(paths: list[str]) -> torch.Tensor:
+    """JPEG files -> uint8 (N, 3, H, W)."""
+    try:
+        data = [read_file(path) for path in paths]
+    except RuntimeError as error:
+        raise DataError(f"{error}: a frame is missing; re-run ProcessData/extract_frame.py for that video") from None
+    try:
+        frames = decode_jpeg(data, mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        raise DataError(f"cannot decode one of {paths[0]} .. {paths[-1]} ({error}); "
+                        f"re-extract that video with ProcessData/extract_frame.py") from None
+    return torch.stack(frames)
+
+
+class ClipDataset(Dataset):
+    """Clips of `num_seq` frames `ds` apart from the videos of one CSV.
+
+    windows=False: one clip per video from a random start (training, validation).
+    windows=True: every test window of every video, each item tagged with its video's index.
+    Videos shorter than num_seq * ds frames are left out and counted in `num_skipped`.
+    """
+
+    def __init__(self, records: list[VideoRecord], num_seq: int, ds: int, windows: bool = False):
+        self.num_seq, self.ds = num_seq, ds
+        self.videos = [r for r in records if clip_start_range(r.num_frames, num_seq, ds) > 0]
+        self.num_skipped = len(records) - len(self.videos)
+        self.windows = windows
+        if windows:
+            self.items = [(video, start) for video, record in enumerate(self.videos)
+                          for start in window_starts(record.num_frames, num_seq, ds)]
+        else:
+            self.items = [(video, None) for video in range(len(self.videos))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        video, start = self.items[index]
+        record = self.videos[video]
+        if start is None:
+            start = int(torch.randint(clip_start_range(record.num_frames, self.num_seq, self.ds), ()))
+        paths = [frame_path(record.folder, i) for i in clip_indices(start, self.num_seq, self.ds)]
+        return decode_frames(paths), record.label, video
+
+
+def collate_clips(batch):
+    """-> clips (B, N, 3, H, W) uint8 zero-padded to the largest frame, sizes (B, 2), labels, video indices."""
+    clips, labels, videos = zip(*batch)
+    sizes = torch.tensor([clip.shape[-2:] for clip in clips])
+    height, width = sizes.max(dim=0).values.tolist()
+    if all(clip.shape[-2:] == (height, width) for clip in clips):
+        stacked = torch.stack(clips)
+    else:
+        stacked = torch.zeros(len(clips), *clips[0].shape[:2], height, width, dtype=torch.uint8)
+        for out, clip in zip(stacked, clips):
+            out[..., :clip.shape[-2], :clip.shape[-1]] = clip
+    return stacked, sizes, torch.tensor(labels), torch.tensor(videos)
+
+
+def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool, device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) >= batch_size,
+                      num_workers=workers, collate_fn=collate_clips, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)

@@ -1,0 +1,189 @@
+"""Self-supervised pretraining: CPC-style dense future prediction with a ResNet18 + Transformer encoder.
+
+    python CPCTrans/main.py --net resnet18 --dataset ucf101 --batch_size 16 --img_dim 224 \
+        --epochs 300 --num_seq 5 --pred_step 3
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tensorboardX import SummaryWriter
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from CPCTrans.augment import PRETRAIN, ClipAugment, denormalize
+from CPCTrans.checkpoint import CheckpointError, describe_load, load, load_matching, plain
+from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
+from CPCTrans.data import ClipDataset, DataError, make_loader, read_class_names, read_index
+from CPCTrans.encoder import ATTENTION_KINDS
+from CPCTrans.runtime import (REPO_ROOT, autocast, default_csv_root, save_epoch, seed_everything, select_device,
+                              user_error)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="CPCTrans self-supervised pretraining")
+    parser.add_argument("--net", default="resnet18", choices=["resnet18"])
+    parser.add_argument("--model", default="cpc-trans", choices=["cpc-trans"])
+    parser.add_argument("--dataset", default="ucf101", help="name of the folder of CSVs under ProcessData/data/")
+    parser.add_argument("--split", default=1, type=int, choices=[1, 2, 3])
+    parser.add_argument("--num_seq", default=5, type=int, help="frames per clip")
+    parser.add_argument("--pred_step", default=3, type=int, help="frames to predict")
+    parser.add_argument("--ds", default=3, type=int, help="frame stride")
+    parser.add_argument("--batch_size", default=16, type=int)
+    parser.add_argument("--lr", default=1e-3, type=float)
+    parser.add_argument("--wd", default=1e-5, type=float, help="weight decay")
+    parser.add_argument("--resume", default="", help="checkpoint of this run to continue")
+    parser.add_argument("--pretrain", default="", help="checkpoint to initialise the weights from")
+    parser.add_argument("--epochs", default=300, type=int)
+    parser.add_argument("--start_epoch", default=0, type=int)
+    parser.add_argument("--gpu", default="0", help="CUDA device index")
+    parser.add_argument("--print_freq", default=5, type=int, help="steps between progress updates")
+    parser.add_argument("--reset_lr", action="store_true", help="on resume, start a fresh optimiser at --lr")
+    parser.add_argument("--prefix", default="tmp", help="logs go to <log_root>/log_<prefix>/")
+    parser.add_argument("--train_what", default="all", choices=["all", "last"],
+                        help="last: freeze the ResNet trunk")
+    parser.add_argument("--img_dim", default=128, type=int)
+    parser.add_argument("--csv_root", default=None, help="default: ProcessData/data/<dataset>")
+    parser.add_argument("--log_root", default=str(REPO_ROOT / "CPCTrans"))
+    parser.add_argument("--workers", default=4, type=int, help="data loader processes")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: on for CUDA)")
+    parser.add_argument("--attn", default="full", choices=ATTENTION_KINDS,
+                        help="full: the reference; causal: a frame attends to earlier frames only")
+    parser.add_argument("--seed", default=0, type=int)
+    return parser.parse_args(argv)
+
+
+def run_name(args: argparse.Namespace) -> str:
+    name = (f"{args.dataset}-{args.img_dim}_{args.net}_{args.model}_bs{args.batch_size}_lr{args.lr}"
+            f"_seq{args.num_seq}_pred{args.pred_step}_ds{args.ds}_attn-{args.attn}_train-{args.train_what}")
+    if args.pretrain:
+        name += "_pt=" + Path(args.pretrain).name
+    return name
+
+
+def build_loaders(args, device):
+    csv_root = Path(args.csv_root) if args.csv_root else default_csv_root(args.dataset)
+    num_classes = len(read_class_names(csv_root / "classInd.txt"))
+    loaders = {}
+    for stage, csv_name in (("train", "train"), ("val", "test")):
+        records = read_index(csv_root / f"{csv_name}_split{args.split:02d}.csv", num_classes)
+        dataset = ClipDataset(records, args.num_seq, args.ds)
+        if dataset.num_skipped:
+            print(f"{stage}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
+                  f"num_seq * ds = {args.num_seq * args.ds} frames")
+        if len(dataset) == 0:
+            raise DataError(f"{csv_root / f'{csv_name}_split{args.split:02d}.csv'}: no video has "
+                            f"{args.num_seq * args.ds} frames; lower --num_seq or --ds")
+        loaders[stage] = make_loader(dataset, args.batch_size, args.workers, stage == "train", device)
+    return loaders
+
+
+def run_epoch(model, loader, augmenter, optimizer, device, amp, epoch, args, writer=None):
+    """One pass over `loader`; trains when an optimizer is given. Returns the pretext metrics."""
+    training = optimizer is not None
+    model.train(training)
+    metrics = PretextMetrics()
+    stage = "train" if training else "val"
+    progress = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", leave=False, dynamic_ncols=True)
+    for step, (clips, sizes, _, _) in enumerate(progress):
+        inputs = augmenter(clips.to(device, non_blocking=True), sizes)
+        with torch.set_grad_enabled(training), autocast(device, amp):
+            predictions, targets = model(inputs)
+            scores = dense_scores(predictions, targets)
+            loss = contrastive_loss(scores)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if epoch == args.start_epoch and step == 0:
+                writer.add_image("input_clip", make_grid(denormalize(inputs[0].float()), nrow=inputs.shape[1]), epoch)
+        batch, pred_step, _, height, width = predictions.shape
+        metrics.update(loss, scores, (batch, pred_step, height * width))
+        if (step + 1) % args.print_freq == 0:
+            summary = metrics.summary()
+            progress.set_postfix(loss=f"{summary['loss']:.3f}", top1=f"{summary['top1']:.3f}")
+            if training:
+                iteration = epoch * len(loader) + step + 1
+                for key, value in summary.items():
+                    writer.add_scalar(f"local/{key}", value, iteration)
+    return metrics.summary()
+
+
+def train(args: argparse.Namespace) -> Path:
+    seed_everything(args.seed)
+    device = select_device(args.device, args.gpu)
+    amp = device.type == "cuda" if args.amp is None else args.amp
+    loaders = build_loaders(args, device)
+
+    model = CPCTrans(args.net, args.num_seq, args.pred_step, args.attn)
+    if args.pretrain:
+        report = load_matching(model, load(args.pretrain)["state_dict"])
+        print(describe_load(report, args.pretrain))
+    if args.train_what == "last":
+        model.encoder.backbone.requires_grad_(False)
+    if device.type == "cuda":
+        model.encoder.channels_last = True
+        model.to(memory_format=torch.channels_last)
+    model.to(device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=args.lr, weight_decay=args.wd, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)
+
+    best_acc = 0.0
+    if args.resume:
+        state = load(args.resume, "cpc")
+        if state["model_config"] != model.config:
+            raise CheckpointError(f"{args.resume}: was trained with {state['model_config']}, "
+                                  f"these flags build {model.config}; resume with the same flags")
+        model.load_state_dict(state["state_dict"])
+        if not args.reset_lr:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        args.start_epoch = state["epoch"]
+        best_acc = state["best_acc"]
+        print(f"resumed from {args.resume} at epoch {args.start_epoch}")
+
+    run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
+    model_dir = run_dir / "model"
+    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
+    augmenter = ClipAugment(PRETRAIN, args.img_dim, seed=args.seed)
+    print(f"pretraining on {device} (amp={amp}); logs and checkpoints in {run_dir}")
+
+    for epoch in range(args.start_epoch, args.epochs):
+        train_metrics = run_epoch(model, loaders["train"], augmenter, optimizer, device, amp, epoch, args,
+                                  writers["train"])
+        val_metrics = run_epoch(model, loaders["val"], augmenter, None, device, amp, epoch, args)
+        scheduler.step()
+        for stage, metrics in (("train", train_metrics), ("val", val_metrics)):
+            for key, value in metrics.items():
+                writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
+        is_best = val_metrics["top1"] >= best_acc
+        best_acc = max(best_acc, val_metrics["top1"])
+        path = save_epoch({
+            "kind": model.kind, "model_config": model.config, "epoch": epoch + 1,
+            "iteration": (epoch + 1) * len(loaders["train"]), "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_acc": best_acc,
+            "args": plain(vars(args)),
+        }, model_dir, epoch + 1, is_best)
+        tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {train_metrics['loss']:.4f} "
+                   f"top1 {train_metrics['top1']:.4f}  val loss {val_metrics['loss']:.4f} "
+                   f"top1 {val_metrics['top1']:.4f} top3 {val_metrics['top3']:.4f} top5 {val_metrics['top5']:.4f}"
+                   f"  -> {path.name}")
+    for writer in writers.values():
+        writer.close()
+    return model_dir
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (DataError, CheckpointError, ValueError) as error:
+        sys.exit(f"error: {user_error(error)}")
+
+
+if __name__ == "__main__":
+    main()
