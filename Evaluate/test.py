@@ -1,0 +1,275 @@
+"""Finetune, linearly probe or test a CPCTrans representation on action classification.
+
+    python Evaluate/test.py --net resnet18 --dataset ucf101 --batch_size 16 --img_dim 224 \
+        --pretrain X.pth.tar --train_what ft --epochs 300 --num_seq 7 --pred_step 3
+    python Evaluate/test.py --net resnet18 --dataset ucf101 --batch_size 16 --img_dim 224 --test finetuned.pth.tar
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tensorboardX import SummaryWriter
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment
+from CPCTrans.checkpoint import CheckpointError, describe_load, load, load_matching, plain
+from CPCTrans.data import ClipDataset, DataError, make_loader, read_class_names, read_index
+from CPCTrans.encoder import ATTENTION_KINDS
+from CPCTrans.runtime import (REPO_ROOT, autocast, default_csv_root, save_epoch, seed_everything, select_device,
+                              user_error)
+from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
+from Evaluate.confusion import confusion_matrix, save_confusion_png
+
+# Finetuning defaults; --test takes what it is not given from the checkpoint.
+DATA_DEFAULTS = {"dataset": "ucf101", "split": 1, "num_seq": 5, "ds": 3, "img_dim": 128}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="CPCTrans finetuning / linear probe / testing")
+    parser.add_argument("--net", default="resnet18", choices=["resnet18"])
+    parser.add_argument("--model", default="lc", choices=["lc"])
+    parser.add_argument("--dataset", default=None, help="folder of CSVs under ProcessData/data/ (default ucf101)")
+    parser.add_argument("--split", default=None, type=int, choices=[1, 2, 3])
+    parser.add_argument("--num_seq", default=None, type=int, help="frames per clip (default 5)")
+    parser.add_argument("--pred_step", default=3, type=int, help="accepted for the reference's command; unused")
+    parser.add_argument("--ds", default=None, type=int, help="frame stride (default 3)")
+    parser.add_argument("--batch_size", default=16, type=int)
+    parser.add_argument("--lr", default=1e-3, type=float)
+    parser.add_argument("--wd", default=1e-3, type=float, help="weight decay")
+    parser.add_argument("--dropout", default=0.5, type=float)
+    parser.add_argument("--resume", default="", help="finetuning checkpoint to continue")
+    parser.add_argument("--pretrain", default="random", help="pretraining checkpoint, or 'random'")
+    parser.add_argument("--test", default="", help="finetuned checkpoint to evaluate")
+    parser.add_argument("--epochs", default=300, type=int)
+    parser.add_argument("--start_epoch", default=0, type=int)
+    parser.add_argument("--gpu", default="0", help="CUDA device index")
+    parser.add_argument("--print_freq", default=5, type=int)
+    parser.add_argument("--reset_lr", action="store_true")
+    parser.add_argument("--prefix", default="tmp")
+    parser.add_argument("--train_what", default="ft", choices=TRAIN_WHAT,
+                        help="ft: all, encoder at lr/10; all: all at lr; last: linear probe")
+    parser.add_argument("--img_dim", default=None, type=int, help="default 128")
+    parser.add_argument("--csv_root", default=None, help="default: ProcessData/data/<dataset>")
+    parser.add_argument("--log_root", default=str(REPO_ROOT / "Evaluate"))
+    parser.add_argument("--workers", default=4, type=int)
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: on for CUDA)")
+    parser.add_argument("--attn", default=None, choices=ATTENTION_KINDS,
+                        help="only for --pretrain random; otherwise taken from the checkpoint")
+    parser.add_argument("--seed", default=0, type=int)
+    return parser.parse_args(argv)
+
+
+def fill_data_flags(args: argparse.Namespace, saved: dict | None = None) -> None:
+    """Flags not given on the command line come from `saved` (a checkpoint's), else the defaults."""
+    for key, default in DATA_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, (saved or {}).get(key, default))
+
+
+def class_names(args) -> tuple[Path, list[str]]:
+    csv_root = Path(args.csv_root) if args.csv_root else default_csv_root(args.dataset)
+    return csv_root, read_class_names(csv_root / "classInd.txt")
+
+
+def clip_dataset(csv_root: Path, stage: str, args, num_classes: int, windows: bool) -> ClipDataset:
+    path = csv_root / f"{stage}_split{args.split:02d}.csv"
+    records = read_index(path, num_classes)
+    dataset = ClipDataset(records, args.num_seq, args.ds, windows=windows)
+    if dataset.num_skipped:
+        print(f"{path.name}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
+              f"num_seq * ds = {args.num_seq * args.ds} frames")
+    if len(dataset) == 0:
+        raise DataError(f"{path}: no video has {args.num_seq * args.ds} frames; lower --num_seq or --ds")
+    return dataset
+
+
+def prepare(model: VideoClassifier, device: torch.device) -> VideoClassifier:
+    if device.type == "cuda":
+        model.encoder.channels_last = True
+        model.to(memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def run_epoch(model, loader, augmenter, optimizer, device, amp, args, epoch, writer):
+    """One pass; trains when an optimizer is given. Returns mean loss, top-1 and top-5 over clips."""
+    training = optimizer is not None
+    if training:
+        model.train_mode(args.train_what)
+    else:
+        model.eval()
+    totals = torch.zeros(3, device=device)
+    seen = 0
+    progress = tqdm(loader, desc=f"{'train' if training else 'val'} epoch {epoch + 1}", leave=False,
+                    dynamic_ncols=True)
+    for step, (clips, sizes, labels, _) in enumerate(progress):
+        inputs = augmenter(clips.to(device, non_blocking=True), sizes)
+        labels = labels.to(device, non_blocking=True)
+        with torch.set_grad_enabled(training), autocast(device, amp):
+            logits = model(inputs).float()
+            loss = F.cross_entropy(logits, labels)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
+        totals += torch.stack([loss.detach() * len(labels), top5[:, 0].sum(), top5.any(dim=1).sum()])
+        seen += len(labels)
+        if (step + 1) % args.print_freq == 0:
+            loss_mean, top1 = (totals[:2] / seen).tolist()
+            progress.set_postfix(loss=f"{loss_mean:.3f}", top1=f"{top1:.3f}")
+            if training:
+                writer.add_scalar("local/loss", loss_mean, epoch * len(loader) + step + 1)
+                writer.add_scalar("local/top1", top1, epoch * len(loader) + step + 1)
+    loss_mean, top1, top5 = (totals / max(seen, 1)).tolist()
+    return {"loss": loss_mean, "top1": top1, "top5": top5}
+
+
+def run_name(args) -> str:
+    pretrain = "random" if args.pretrain == "random" else Path(args.pretrain).name
+    return (f"{args.dataset}-{args.img_dim}-split{args.split}_{args.net}_{args.model}_bs{args.batch_size}"
+            f"_lr{args.lr}_wd{args.wd}_dp{args.dropout}_seq{args.num_seq}_ds{args.ds}_train-{args.train_what}"
+            f"_pt={pretrain}")
+
+
+def finetune(args: argparse.Namespace) -> Path:
+    fill_data_flags(args)
+    seed_everything(args.seed)
+    device = select_device(args.device, args.gpu)
+    amp = device.type == "cuda" if args.amp is None else args.amp
+    csv_root, classes = class_names(args)
+    loaders = {stage: make_loader(clip_dataset(csv_root, csv_name, args, len(classes), windows=False),
+                                  args.batch_size, args.workers, stage == "train", device)
+               for stage, csv_name in (("train", "train"), ("val", "test"))}
+
+    attn = args.attn or "full"
+    pretrained = None
+    if args.pretrain != "random":
+        pretrained = load(args.pretrain, "cpc")
+        attn = pretrained["model_config"]["attn"]
+        if args.attn and args.attn != attn:
+            raise CheckpointError(f"{args.pretrain}: was pretrained with --attn {attn}; drop --attn {args.attn}")
+    model = VideoClassifier(len(classes), args.net, attn, args.dropout)
+    if pretrained is not None:
+        print(describe_load(load_matching(model, pretrained["state_dict"]), args.pretrain))
+    model = prepare(model, device)
+    optimizer = torch.optim.Adam(model.param_groups(args.train_what, args.lr), lr=args.lr, weight_decay=args.wd,
+                                 fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.1)
+    config = {**model.config, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
+              "dataset": args.dataset, "split": args.split}
+
+    best_acc = 0.0
+    if args.resume:
+        state = load(args.resume, "classifier")
+        model.load_state_dict(state["state_dict"])
+        if not args.reset_lr:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        args.start_epoch, best_acc = state["epoch"], state["best_acc"]
+        print(f"resumed from {args.resume} at epoch {args.start_epoch}")
+
+    run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
+    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
+    augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim, seed=args.seed),
+                  "val": ClipAugment(FINETUNE_VAL, args.img_dim, seed=args.seed + 1)}
+    print(f"finetuning ({args.train_what}) on {device} (amp={amp}); logs and checkpoints in {run_dir}")
+    for epoch in range(args.start_epoch, args.epochs):
+        results = {}
+        for stage in ("train", "val"):
+            results[stage] = run_epoch(model, loaders[stage], augmenters[stage], optimizer if stage == "train" else None,
+                                       device, amp, args, epoch, writers[stage])
+            for key, value in results[stage].items():
+                writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
+        scheduler.step()
+        is_best = results["val"]["top1"] >= best_acc
+        best_acc = max(best_acc, results["val"]["top1"])
+        path = save_epoch({
+            "kind": model.kind, "model_config": config, "epoch": epoch + 1,
+            "iteration": (epoch + 1) * len(loaders["train"]), "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_acc": best_acc,
+            "args": plain(vars(args)),
+        }, run_dir / "model", epoch + 1, is_best)
+        tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {results['train']['loss']:.4f} "
+                   f"top1 {results['train']['top1']:.4f}  val loss {results['val']['loss']:.4f} "
+                   f"top1 {results['val']['top1']:.4f}  -> {path.name}")
+    for writer in writers.values():
+        writer.close()
+    best = sorted((run_dir / "model").glob("model_best_epoch*.pth.tar"))
+    if best:
+        print(f"best checkpoint: {best[-1]}")
+    return run_dir / "model"
+
+
+@torch.no_grad()
+def test(args: argparse.Namespace) -> dict:
+    state = load(args.test, "classifier")
+    config = state["model_config"]
+    fill_data_flags(args, config)
+    device = select_device(args.device, args.gpu)
+    amp = device.type == "cuda" if args.amp is None else args.amp
+    csv_root, classes = class_names(args)
+    if len(classes) != config["num_classes"]:
+        raise CheckpointError(f"{args.test}: has {config['num_classes']} classes but {csv_root / 'classInd.txt'} "
+                              f"lists {len(classes)}; test on the dataset it was finetuned on")
+    dataset = clip_dataset(csv_root, "test", args, len(classes), windows=True)
+    loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device)
+    model = VideoClassifier(config["num_classes"], config["net"], config["attn"], config["dropout"])
+    model.load_state_dict(state["state_dict"])
+    model = prepare(model, device).eval()
+    augmenter = ClipAugment(TEST, args.img_dim)
+
+    num_videos = len(dataset.videos)
+    probabilities = torch.zeros(num_videos, len(classes), device=device)
+    windows = torch.zeros(num_videos, device=device)
+    loss_sum = torch.zeros((), device=device)
+    started = time.perf_counter()
+    for clips, sizes, labels, videos in tqdm(loader, desc="test", dynamic_ncols=True):
+        inputs = augmenter(clips.to(device, non_blocking=True), sizes)
+        labels, videos = labels.to(device, non_blocking=True), videos.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(inputs).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        probabilities.index_add_(0, videos, logits.softmax(dim=1))
+        windows.index_add_(0, videos, torch.ones_like(videos, dtype=windows.dtype))
+    probabilities = (probabilities / windows[:, None]).cpu()
+    elapsed = time.perf_counter() - started
+    labels = torch.tensor([record.label for record in dataset.videos])
+    top5 = probabilities.topk(min(5, len(classes)), dim=1).indices == labels[:, None]
+    result = {"top1": top5[:, 0].float().mean().item(), "top5": top5.any(dim=1).float().mean().item(),
+              "loss": loss_sum.item() / len(dataset), "videos_tested": num_videos,
+              "videos_skipped": dataset.num_skipped, "windows": len(dataset), "dataset": args.dataset,
+              "split": args.split, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
+              "checkpoint": str(args.test), "videos_per_second": num_videos / elapsed}
+    print(f"Acc top1: {result['top1']:.4f} Acc top5: {result['top5']:.4f}")
+    print(f"{num_videos} videos ({len(dataset)} windows) tested, {dataset.num_skipped} skipped, "
+          f"{result['videos_per_second']:.1f} videos/s on {device}")
+    checkpoint = Path(args.test)
+    json_path = checkpoint.with_name(checkpoint.name + ".test.json")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    png_path = checkpoint.with_name(checkpoint.name + ".confusion.png")
+    matrix = confusion_matrix(labels, probabilities.argmax(dim=1), len(classes))
+    save_confusion_png(matrix, png_path, f"{args.dataset} split {args.split}: top1 {result['top1']:.3f} "
+                                         f"(rows true, columns predicted)")
+    print(f"wrote {json_path} and {png_path}")
+    return result
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.test:
+            test(args)
+        else:
+            finetune(args)
+    except (DataError, CheckpointError, ValueError) as error:
+        sys.exit(f"error: {user_error(error)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The embedded demo dataset: real .avi videos in UCF101's layout, whose class only motion tells.
+
+    python ProcessData/make_demo.py --out demo_output
+
+Every video is a window panning over a random textured canvas; the class is the direction of the
+pan, so no single frame gives it away. Written as <out>/videos/<Class>/v_<Class>_gNN_cNN.avi (MJPG)
+with official-format split lists in <out>/ucfTrainTestlist/ (CRLF, like the release): split k
+tests on the k-th third of the groups. Deterministic for a given --seed.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CLASSES = {"PanLeft": (-1, 0), "PanRight": (1, 0), "PanUp": (0, -1), "PanDown": (0, 1)}
+WIDTH, HEIGHT = 320, 240
+
+
+def textured_canvas(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Smooth colour noise with a scatter of shapes: structure at several scales to track."""
+    coarse = rng.integers(0, 256, size=(height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    canvas = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(rng.integers(30, 60)):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        if rng.random() < 0.5:
+            cv2.circle(canvas, center, int(rng.integers(4, 24)), color, -1)
+        else:
+            corner = (center[0] + int(rng.integers(6, 40)), center[1] + int(rng.integers(6, 40)))
+            cv2.rectangle(canvas, center, corner, color, -1)
+    return canvas
+
+
+def pan_video(rng: np.random.Generator, direction: tuple[int, int], frames: int) -> list[np.ndarray]:
+    speed = rng.uniform(2.0, 5.0)
+    travel = int(np.ceil(speed * frames)) + 1
+    canvas = textured_canvas(rng, HEIGHT + travel, WIDTH + travel)
+    dx, dy = direction
+    x0 = travel if dx < 0 else 0 if dx > 0 else int(rng.integers(0, travel))
+    y0 = travel if dy < 0 else 0 if dy > 0 else int(rng.integers(0, travel))
+    out = []
+    for t in range(frames):
+        x, y = int(round(x0 + dx * speed * t)), int(round(y0 + dy * speed * t))
+        out.append(canvas[y:y + HEIGHT, x:x + WIDTH])
+    return out
+
+
+def write_avi(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (WIDTH, HEIGHT))
+    if not writer.isOpened():
+        raise OSError(f"{path}: OpenCV cannot write MJPG video here")
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
+def write_lists(list_dir: Path, names: list[str], videos: list[tuple[str, int, str]], groups: int) -> None:
+    """classInd.txt, trainlist0k.txt ('Class/file.avi label') and testlist0k.txt ('Class/file.avi'), CRLF."""
+    list_dir.mkdir(parents=True, exist_ok=True)
+    crlf = "\r\n"
+    (list_dir / "classInd.txt").write_bytes("".join(f"{i} {n}{crlf}" for i, n in enumerate(names, 1)).encode())
+    folds = np.array_split(np.arange(1, groups + 1), 3)
+    for split, test_groups in enumerate(folds, 1):
+        train_lines, test_lines = [], []
+        for class_name, group, file_name in videos:
+            entry = f"{class_name}/{file_name}"
+            if group in test_groups:
+                test_lines.append(entry + crlf)
+            else:
+                train_lines.append(f"{entry} {names.index(class_name) + 1}{crlf}")
+        (list_dir / f"trainlist{split:02d}.txt").write_bytes("".join(train_lines).encode())
+        (list_dir / f"testlist{split:02d}.txt").write_bytes("".join(test_lines).encode())
+
+
+def make_demo(out: Path, groups: int, clips: int, frames: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    names = sorted(CLASSES)
+    videos = []
+    for class_name in names:
+        (out / "videos" / class_name).mkdir(parents=True, exist_ok=True)
+        for group in range(1, groups + 1):
+            for clip in range(1, clips + 1):
+                file_name = f"v_{class_name}_g{group:02d}_c{clip:02d}.avi"
+                write_avi(out / "videos" / class_name / file_name, pan_video(rng, CLASSES[class_name], frames))
+                videos.append((class_name, group, file_name))
+    write_lists(out / "ucfTrainTestlist", names, videos, groups)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Write the motion-only demo dataset in UCF101's format")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--groups", default=6, type=int, help="source groups per class (gNN); a multiple of 3")
+    parser.add_argument("--clips", default=3, type=int, help="clips per group (cNN)")
+    parser.add_argument("--frames", default=40, type=int, help="frames per video")
+    parser.add_argument("--seed", default=0, type=int)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.groups < 3:
+        sys.exit("error: --groups must be at least 3 (one third of the groups is tested per split)")
+    make_demo(args.out, args.groups, args.clips, args.frames, args.seed)
+    print(f"wrote {len(CLASSES) * args.groups * args.clips} videos and split lists to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
