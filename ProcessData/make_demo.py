@@ -2,8 +2,8 @@
 
     python ProcessData/make_demo.py --out demo_output
 
-Every video is a window panning over a random textured canvas; the class is the direction of the
-pan, so no single frame gives it away. Written as <out>/videos/<Class>/v_<Class>_gNN_cNN.avi (MJPG)
+Every video is a camera panning or zooming over a random textured canvas; the class is the
+camera's motion, so no single frame gives it away. Written as <out>/videos/<Class>/v_<Class>_gNN_cNN.avi (MJPG)
 with official-format split lists in <out>/ucfTrainTestlist/ (CRLF, like the release): split k
 tests on the k-th third of the groups. Deterministic for a given --seed.
 """
@@ -14,7 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-CLASSES = {"PanLeft": (-1, 0), "PanRight": (1, 0), "PanUp": (0, -1), "PanDown": (0, 1)}
+# Camera motion of each class: (horizontal, vertical, zoom) direction. Every class is unchanged by a
+# horizontal flip (sideways pans go either way), so flip augmentation keeps labels valid.
+CLASSES = {"PanUp": (0, -1, 0), "PanDown": (0, 1, 0), "PanSideways": (1, 0, 0), "ZoomIn": (0, 0, -1),
+           "ZoomOut": (0, 0, 1)}
 WIDTH, HEIGHT = 320, 240
 
 
@@ -33,17 +36,30 @@ def textured_canvas(rng: np.random.Generator, height: int, width: int) -> np.nda
     return canvas
 
 
-def pan_video(rng: np.random.Generator, direction: tuple[int, int], frames: int) -> list[np.ndarray]:
+def camera_video(rng: np.random.Generator, motion: tuple[int, int, int], frames: int) -> list[np.ndarray]:
+    """A camera moving over a random canvas: a pan of 2-5 px per frame or a zoom of 1-2% per frame."""
+    dx, dy, zoom = motion
+    if dx:
+        dx = rng.choice([-1, 1])
     speed = rng.uniform(2.0, 5.0)
-    travel = int(np.ceil(speed * frames)) + 1
-    canvas = textured_canvas(rng, HEIGHT + travel, WIDTH + travel)
-    dx, dy = direction
-    x0 = travel if dx < 0 else 0 if dx > 0 else int(rng.integers(0, travel))
-    y0 = travel if dy < 0 else 0 if dy > 0 else int(rng.integers(0, travel))
+    rate = rng.uniform(0.01, 0.02) * zoom
+    # Pans see the canvas at a random fixed scale, zooms sweep 1 -> largest: texture size tells no class.
+    largest_scale = float(np.exp(abs(rate) * (frames - 1))) if zoom else rng.uniform(1.0, 2.0)
+    travel = speed * (frames - 1) * (abs(dx) + abs(dy))
+    canvas_w, canvas_h = int(WIDTH * largest_scale + travel) + 4, int(HEIGHT * largest_scale + travel) + 4
+    canvas = textured_canvas(rng, canvas_h, canvas_w)
     out = []
     for t in range(frames):
-        x, y = int(round(x0 + dx * speed * t)), int(round(y0 + dy * speed * t))
-        out.append(canvas[y:y + HEIGHT, x:x + WIDTH])
+        progress = t - (frames - 1) / 2
+        center_x = canvas_w / 2 + dx * speed * progress
+        center_y = canvas_h / 2 + dy * speed * progress
+        if zoom:
+            scale = float(np.exp(rate * t)) if rate > 0 else float(np.exp(-rate * (frames - 1 - t)))
+        else:
+            scale = largest_scale
+        # Maps each output pixel to its canvas position: a crop, a scale and a sub-pixel shift at once.
+        to_canvas = np.array([[scale, 0, center_x - scale * WIDTH / 2], [0, scale, center_y - scale * HEIGHT / 2]])
+        out.append(cv2.warpAffine(canvas, to_canvas, (WIDTH, HEIGHT), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))
     return out
 
 
@@ -83,7 +99,7 @@ def make_demo(out: Path, groups: int, clips: int, frames: int, seed: int) -> Non
         for group in range(1, groups + 1):
             for clip in range(1, clips + 1):
                 file_name = f"v_{class_name}_g{group:02d}_c{clip:02d}.avi"
-                write_avi(out / "videos" / class_name / file_name, pan_video(rng, CLASSES[class_name], frames))
+                write_avi(out / "videos" / class_name / file_name, camera_video(rng, CLASSES[class_name], frames))
                 videos.append((class_name, group, file_name))
     write_lists(out / "ucfTrainTestlist", names, videos, groups)
 

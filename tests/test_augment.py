@@ -1,0 +1,102 @@
+"""Batched augmentation: what is shared by a clip's frames, what is drawn per frame, and the ranges."""
+import pytest
+import torch
+
+from CPCTrans import augment
+from CPCTrans.augment import FINETUNE_TRAIN, PRETRAIN, TEST, apply_params, sample_params
+
+
+def generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def textured_clip(frames=4, height=240, width=320, seed=0):
+    frame = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator(seed))
+    return frame.expand(frames, -1, -1, -1).clone()
+
+
+def test_crop_and_flip_are_identical_across_a_clips_frames():
+    clips = torch.stack([textured_clip(seed=1), textured_clip(seed=2)])
+    sizes = torch.tensor([[240, 320], [240, 320]])
+    for recipe in (PRETRAIN, FINETUNE_TRAIN):
+        geometry_only = augment.Recipe(crop=recipe.crop, sized_crop_p=recipe.sized_crop_p, flip=True)
+        for seed in range(5):
+            params = sample_params(geometry_only, sizes, 4, generator(seed))
+            out = apply_params(clips, params, 64, geometry_only)
+            assert torch.allclose(out[:, 1:], out[:, :1].expand_as(out[:, 1:]))
+
+
+def test_pretraining_draws_grayscale_and_jitter_per_frame():
+    params = sample_params(PRETRAIN, torch.tensor([[240, 320]] * 64), 5, generator())
+    assert params.jitter_on.all()
+    assert (params.factors[:, 1:] != params.factors[:, :1]).any(dim=2).all(), "factors must differ across frames"
+    assert (params.gray != params.gray[:, :1]).any(), "grayscale must be drawn per frame"
+    assert (params.order != params.order[:, :1]).any()
+    clips = textured_clip(frames=5)[None]
+    out = apply_params(clips, sample_params(PRETRAIN, torch.tensor([[240, 320]]), 5, generator(3)), 64, PRETRAIN)
+    assert not torch.allclose(out[:, 0], out[:, 1])
+
+
+def test_finetuning_colour_is_consistent_across_the_clip():
+    params = sample_params(FINETUNE_TRAIN, torch.tensor([[240, 320]] * 64), 7, generator())
+    assert (params.factors == params.factors[:, :1]).all()
+    assert (params.jitter_on == params.jitter_on[:, :1]).all()
+    assert not params.gray.any()
+
+
+def test_parameter_distributions_match_the_reference():
+    count = 20000
+    params = sample_params(PRETRAIN, torch.tensor([[240, 320]] * count), 5, generator())
+    assert params.flip.float().mean() == pytest.approx(0.5, abs=0.02)
+    assert params.gray.float().mean() == pytest.approx(0.5, abs=0.02)
+    brightness, contrast, saturation, hue = params.factors.unbind(-1)
+    for factor in (brightness, contrast, saturation):
+        assert factor.min() >= 0.5 and factor.max() <= 1.5
+    assert hue.min() >= -0.25 and hue.max() <= 0.25
+    x1, y1, x2, y2 = params.boxes.unbind(1)
+    assert ((x2 - x1) == 224).all() and ((y2 - y1) == 224).all()
+    assert x1.min() == 0 and x1.max() == 320 - 224 and y1.max() == 240 - 224
+    assert torch.bincount(x1.long(), minlength=97).float().std() / (count / 97) < 0.15
+    first_ops = torch.bincount(params.order[:, 0, 0], minlength=4).float() / count
+    assert torch.allclose(first_ops, torch.full((4,), 0.25), atol=0.02)
+
+
+def test_random_sized_crops_keep_area_and_aspect_in_range():
+    params = sample_params(FINETUNE_TRAIN, torch.tensor([[240, 320]] * 5000), 5, generator())
+    width = params.boxes[:, 2] - params.boxes[:, 0]
+    height = params.boxes[:, 3] - params.boxes[:, 1]
+    area = width * height / (240 * 320)
+    assert area.min() >= 0.49 and area.max() <= 1.0
+    assert (params.boxes[:, 2] <= 320).all() and (params.boxes[:, 3] <= 240).all()
+    assert (params.boxes[:, :2] >= 0).all()
+
+
+def test_test_crop_is_the_centre_224_resized():
+    frame = torch.zeros(1, 1, 3, 240, 320, dtype=torch.uint8)
+    frame[..., 8:232, 48:272] = 255
+    out = apply_params(frame, sample_params(TEST, torch.tensor([[240, 320]]), 1, generator()), 112, TEST)
+    white = augment.denormalize(out[0, 0])
+    assert torch.allclose(white, torch.ones_like(white), atol=1e-5)
+
+
+def test_crop_resize_is_exact_without_scaling():
+    frames = torch.rand(2, 3, 240, 320)
+    boxes = torch.tensor([[10.0, 5.0, 234.0, 229.0]])
+    out = augment.crop_resize(frames, boxes, 2, 224)
+    assert torch.allclose(out, frames[:, :, 5:229, 10:234], atol=1e-5)
+
+
+def test_hue_shift_of_a_full_turn_is_identity_and_half_turn_gives_complement():
+    image = torch.rand(3, 3, 8, 8)
+    assert torch.allclose(augment.adjust_hue(image, torch.ones(3, 1, 1, 1)), image, atol=1e-5)
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    cyan = augment.adjust_hue(red, torch.full((1, 1, 1, 1), 0.5))
+    assert torch.allclose(cyan.flatten(), torch.tensor([0.0, 1.0, 1.0]), atol=1e-5)
+
+
+def test_padded_clips_are_cropped_inside_their_own_frame():
+    clips = torch.zeros(2, 2, 3, 240, 320, dtype=torch.uint8)
+    clips[1, :, :, :, :224] = 200
+    sizes = torch.tensor([[240, 320], [240, 224]])
+    params = sample_params(PRETRAIN, sizes, 2, generator())
+    assert params.boxes[1, 2] <= 224

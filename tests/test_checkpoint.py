@@ -1,0 +1,65 @@
+"""Checkpoints: atomic writes, safe loading, loading by name with a report."""
+import pickle
+
+import pytest
+import torch
+
+from CPCTrans.checkpoint import CheckpointError, load, load_matching, save_atomic
+from CPCTrans.cpc import CPCTrans
+from CPCTrans.runtime import save_epoch
+from Evaluate.classifier import VideoClassifier
+
+
+class WritesAFile:
+    """Unpickling this would create a file: the kind of payload weights_only must refuse."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_saved_checkpoint_loads_with_weights_only(tmp_path):
+    model = CPCTrans()
+    path = tmp_path / "epoch1.pth.tar"
+    save_atomic({"kind": "cpc", "state_dict": model.state_dict(), "model_config": model.config, "epoch": 1}, path)
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 1 and state["kind"] == "cpc"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_pickle_payload_is_refused_and_never_run(tmp_path):
+    target = tmp_path / "pwned"
+    path = tmp_path / "evil.pth.tar"
+    with open(path, "wb") as handle:
+        pickle.dump({"kind": "cpc", "state_dict": {}, "payload": WritesAFile(str(target))}, handle)
+    with pytest.raises(CheckpointError, match="refused"):
+        load(path)
+    assert not target.exists()
+
+
+def test_wrong_kind_is_named(tmp_path):
+    path = tmp_path / "pretrain.pth.tar"
+    save_atomic({"kind": "cpc", "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="expected a finetuned checkpoint"):
+        load(path, "classifier")
+
+
+def test_pretrained_weights_load_by_name_with_a_report():
+    pretrained = CPCTrans()
+    classifier = VideoClassifier(num_classes=4)
+    report = load_matching(classifier, pretrained.state_dict())
+    assert torch.equal(classifier.encoder.backbone.conv1.weight, pretrained.encoder.backbone.conv1.weight)
+    assert torch.equal(classifier.agg.gates.weight, pretrained.agg.gates.weight)
+    assert set(report["unused"]) == {n for n in pretrained.state_dict() if n.startswith("predictor.")}
+    assert "final_fc.1.weight" in report["not_in_checkpoint"]
+
+
+def test_epoch_rotation_keeps_latest_and_best(tmp_path):
+    state = {"kind": "cpc", "state_dict": {}}
+    save_epoch(state, tmp_path, 1, is_best=True)
+    save_epoch(state, tmp_path, 2, is_best=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch2.pth.tar", "model_best_epoch1.pth.tar"]
+    save_epoch(state, tmp_path, 3, is_best=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch3.pth.tar", "model_best_epoch3.pth.tar"]

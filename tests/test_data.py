@@ -1,0 +1,101 @@
+"""Clip sampling, the CSV index and the loader's uint8 clips (DESIGN.md §3, §5)."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from CPCTrans.data import (ClipDataset, DataError, VideoRecord, clip_indices, clip_start_range, collate_clips,
+                           read_class_names, read_index, window_starts)
+
+
+def write_frames(folder, count, height=24, width=32):
+    folder.mkdir(parents=True)
+    for index in range(1, count + 1):
+        image = np.full((height, width, 3), index, dtype=np.uint8)
+        cv2.imwrite(str(folder / f"image_{index:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    return str(folder)
+
+
+def test_clip_frames_are_ds_apart_and_stay_in_the_video():
+    assert clip_indices(4, num_seq=5, ds=3) == [4, 7, 10, 13, 16]
+    assert clip_start_range(15, num_seq=5, ds=3) == 1
+    assert clip_start_range(14, num_seq=5, ds=3) == 0
+    assert clip_start_range(40, num_seq=5, ds=3) == 26
+
+
+def test_random_starts_cover_the_whole_range(tmp_path):
+    folder = write_frames(tmp_path / "v", 20)
+    dataset = ClipDataset([VideoRecord(folder, 20, 0)], num_seq=3, ds=2)
+    torch.manual_seed(0)
+    firsts = set()
+    for _ in range(200):
+        clip, _, _ = dataset[0]
+        values = clip[:, 0, 0, 0].int().tolist()
+        firsts.add(values[0])
+        assert [b - a for a, b in zip(values, values[1:])] == pytest.approx([2, 2], abs=2)
+    # Frame k (1-based) is painted with value k; starts 0..14 are frames 1..15.
+    assert min(firsts) <= 2 and max(firsts) >= 14
+
+
+def test_short_videos_are_skipped_and_counted(tmp_path):
+    records = [VideoRecord(write_frames(tmp_path / "long", 15), 15, 0),
+               VideoRecord(write_frames(tmp_path / "short", 14), 14, 1)]
+    dataset = ClipDataset(records, num_seq=5, ds=3)
+    assert len(dataset) == 1 and dataset.num_skipped == 1
+    windows = ClipDataset(records, num_seq=5, ds=3, windows=True)
+    assert windows.num_skipped == 1
+
+
+def test_test_windows_cut_the_strided_video_into_consecutive_windows():
+    # 40 frames at stride 3: frames 0,3,...,39 (14 frames) -> two windows of 5, the rest dropped.
+    assert window_starts(40, num_seq=5, ds=3) == [0, 15]
+    assert window_starts(15, num_seq=5, ds=3) == [0]
+
+
+def test_window_items_decode_the_right_frames(tmp_path):
+    folder = write_frames(tmp_path / "v", 40)
+    dataset = ClipDataset([VideoRecord(folder, 40, 3)], num_seq=5, ds=3, windows=True)
+    assert len(dataset) == 2
+    clip, label, video = dataset[1]
+    assert clip.dtype == torch.uint8 and clip.shape == (5, 3, 24, 32)
+    assert label == 3 and video == 0
+    assert clip[:, 1, 5, 5].int().tolist() == pytest.approx([16, 19, 22, 25, 28], abs=2)
+
+
+def test_collate_pads_frames_of_different_sizes_and_reports_sizes():
+    small = torch.full((2, 3, 4, 6), 7, dtype=torch.uint8)
+    large = torch.full((2, 3, 5, 8), 9, dtype=torch.uint8)
+    clips, sizes, labels, videos = collate_clips([(small, 0, 0), (large, 1, 1)])
+    assert clips.shape == (2, 2, 3, 5, 8)
+    assert sizes.tolist() == [[4, 6], [5, 8]]
+    assert clips[0, :, :, :4, :6].eq(7).all() and clips[0, :, :, 4:].eq(0).all()
+    assert labels.tolist() == [0, 1]
+
+
+def test_csv_index_reads_rows_and_names_bad_ones(tmp_path):
+    good = tmp_path / "train_split01.csv"
+    good.write_text("frames/a (1)&b,40,0\nframes/c,12,2\n")
+    assert [r.num_frames for r in read_index(good, num_classes=3)] == [40, 12]
+    assert read_index(good)[0].folder == "frames/a (1)&b"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("frames/a,40,0\nframes/b,forty,1\n")
+    with pytest.raises(DataError, match=r"bad.csv:2"):
+        read_index(bad)
+    with pytest.raises(DataError, match="outside 0..1"):
+        read_index(good, num_classes=2)
+    with pytest.raises(DataError, match="not found"):
+        read_index(tmp_path / "missing.csv")
+
+
+def test_class_list_is_one_based_and_ordered(tmp_path):
+    path = tmp_path / "classInd.txt"
+    path.write_bytes(b"2 Beta\r\n1 Alpha\r\n")
+    assert read_class_names(path) == ["Alpha", "Beta"]
+
+
+def test_unreadable_frame_names_the_file(tmp_path):
+    folder = write_frames(tmp_path / "v", 6)
+    (tmp_path / "v" / "image_00003.jpg").write_bytes(b"not a jpeg")
+    dataset = ClipDataset([VideoRecord(folder, 6, 0)], num_seq=3, ds=2, windows=True)
+    with pytest.raises(DataError, match="image_00001.jpg"):
+        dataset[0]

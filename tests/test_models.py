@@ -1,0 +1,84 @@
+"""Shapes and structure of the encoder, the pretraining model and the classifier (DESIGN.md §2, §4)."""
+import pytest
+import torch
+
+from CPCTrans.backbone import ResNet18Trunk
+from CPCTrans.cpc import CPCTrans
+from CPCTrans.encoder import VideoEncoder
+from Evaluate.classifier import VideoClassifier
+
+
+@pytest.mark.parametrize("img_dim, side", [(128, 4), (196, 7), (224, 7)])
+def test_feature_map_size_follows_the_network(img_dim, side):
+    encoder = VideoEncoder().eval()
+    with torch.no_grad():
+        out = encoder(torch.randn(1, 2, 3, img_dim, img_dim))
+    assert out.shape == (1, 2, 256, side, side)
+
+
+def test_trunk_has_256_channel_last_stage_without_final_relu():
+    trunk = ResNet18Trunk().eval()
+    assert [trunk.layer4[i].conv2.out_channels for i in range(2)] == [256, 256]
+    with torch.no_grad():
+        maps = trunk(torch.randn(2, 3, 64, 64))
+    assert maps.shape == (2, 256, 2, 2)
+    assert (maps < 0).any(), "the last block must not end with a ReLU"
+
+
+def test_transformer_is_prenorm_two_layers_four_heads_with_final_norm():
+    transformer = VideoEncoder().transformer
+    assert len(transformer.layers) == 2
+    layer = transformer.layers[0]
+    assert layer.norm_first and layer.self_attn.num_heads == 4 and layer.linear1.out_features == 2048
+    assert isinstance(transformer.norm, torch.nn.LayerNorm)
+
+
+def test_full_attention_lets_context_see_the_future_and_causal_does_not():
+    torch.manual_seed(0)
+    clips = torch.randn(1, 4, 3, 64, 64)
+    changed_future = clips.clone()
+    changed_future[:, 3] = torch.randn(3, 64, 64)
+    for attn, first_frames_move in (("full", True), ("causal", False)):
+        encoder = VideoEncoder(attn=attn).eval()
+        with torch.no_grad():
+            difference = (encoder(clips)[:, :3] - encoder(changed_future)[:, :3]).abs().max()
+        assert (difference > 1e-4) == first_frames_move, attn
+
+
+def test_cpc_predicts_pred_step_maps_and_classifier_gives_logits():
+    model = CPCTrans(num_seq=5, pred_step=3)
+    predictions, targets = model(torch.randn(2, 5, 3, 64, 64))
+    assert predictions.shape == targets.shape == (2, 3, 256, 2, 2)
+    classifier = VideoClassifier(num_classes=7).eval()
+    assert classifier(torch.randn(3, 5, 3, 64, 64)).shape == (3, 7)
+
+
+def test_pred_step_must_leave_context():
+    with pytest.raises(ValueError, match="--pred_step"):
+        CPCTrans(num_seq=3, pred_step=3)
+
+
+def test_classifier_shares_parameter_names_with_pretraining():
+    shared = set(CPCTrans().state_dict()) & set(VideoClassifier(num_classes=5).state_dict())
+    assert any(name.startswith("encoder.backbone.") for name in shared)
+    assert any(name.startswith("encoder.transformer.") for name in shared)
+    assert any(name.startswith("agg.") for name in shared)
+
+
+def test_linear_probe_trains_only_the_head():
+    model = VideoClassifier(num_classes=5)
+    groups = model.param_groups("last", lr=1e-3)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for group in groups for p in group["params"]}
+    assert trainable == {id(p) for m in (model.final_bn, model.final_fc) for p in m.parameters()}
+
+
+def test_finetune_gives_encoder_a_tenth_of_the_learning_rate():
+    model = VideoClassifier(num_classes=5)
+    groups = model.param_groups("ft", lr=1e-3)
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    for group in groups:
+        in_encoder = {id(p) in encoder_ids for p in group["params"]}
+        assert len(in_encoder) == 1
+        assert group["lr"] == pytest.approx(1e-4 if in_encoder.pop() else 1e-3)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

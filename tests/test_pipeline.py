@@ -1,0 +1,99 @@
+"""The documented command lines end to end on a real (tiny) dataset: pretrain -> resume -> finetune -> test."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--img_dim", "64", "--batch_size", "4", "--workers", "1", "--device", "cpu", "--num_seq", "5",
+         "--dataset", "demo", "--print_freq", "1"]
+
+
+def cli(script, *flags, cwd):
+    """Runs a CLI the way a user does, from a directory other than the repository."""
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, flags)], cwd=cwd,
+                            capture_output=True, text=True)
+    return result
+
+
+def only(paths):
+    paths = list(paths)
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+@pytest.fixture(scope="module")
+def pretrained(demo_dataset, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("pretrain")
+    result = cli("CPCTrans/main.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1,
+                 "--log_root", logs, cwd=logs)
+    assert result.returncode == 0, result.stderr
+    return logs, result
+
+
+def test_pretraining_writes_checkpoints_and_curves(pretrained):
+    logs, result = pretrained
+    model_dir = only(logs.glob("log_tmp/*/model"))
+    assert sorted(p.name for p in model_dir.iterdir()) == ["epoch1.pth.tar", "model_best_epoch1.pth.tar"]
+    state = torch.load(model_dir / "epoch1.pth.tar", weights_only=True)
+    assert state["kind"] == "cpc" and state["epoch"] == 1
+    assert state["model_config"] == {"net": "resnet18", "num_seq": 5, "pred_step": 3, "attn": "full"}
+    assert list(model_dir.parent.glob("img/train/events.out.tfevents.*"))
+    assert "epoch 1/1" in result.stderr + result.stdout
+
+
+def test_resume_continues_at_the_next_epoch_with_optimizer_state(pretrained, demo_dataset):
+    logs, _ = pretrained
+    model_dir = only(logs.glob("log_tmp/*/model"))
+    first = torch.load(model_dir / "epoch1.pth.tar", weights_only=True)
+    steps_per_epoch = first["iteration"]
+    assert first["optimizer"]["state"][0]["step"] == steps_per_epoch
+    result = cli("CPCTrans/main.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 2,
+                 "--log_root", logs, "--resume", model_dir / "epoch1.pth.tar", cwd=logs)
+    assert result.returncode == 0, result.stderr
+    assert "at epoch 1" in result.stdout and "epoch 2/2" in result.stderr + result.stdout
+    assert "epoch 1/2" not in result.stderr + result.stdout
+    second = torch.load(model_dir / "epoch2.pth.tar", weights_only=True)
+    assert second["epoch"] == 2
+    assert second["optimizer"]["state"][0]["step"] == 2 * steps_per_epoch
+    assert not (model_dir / "epoch1.pth.tar").exists()
+
+
+def test_finetune_then_test_writes_accuracy_json_and_confusion_png(pretrained, demo_dataset, tmp_path):
+    logs, _ = pretrained
+    checkpoint = only(logs.glob("log_tmp/*/model/model_best_epoch*.pth.tar"))
+    result = cli("Evaluate/test.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1,
+                 "--pretrain", checkpoint, "--train_what", "ft", "--log_root", tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "predictor.0.weight" in result.stdout
+    finetuned = only(tmp_path.glob("log_tmp/*/model/model_best_epoch*.pth.tar"))
+    tested = cli("Evaluate/test.py", "--test", finetuned, "--csv_root", demo_dataset / "csv", "--workers", 1,
+                 "--device", "cpu", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    line = only(line for line in tested.stdout.splitlines() if line.startswith("Acc top1:"))
+    report = json.loads(finetuned.with_name(finetuned.name + ".test.json").read_text())
+    assert line == f"Acc top1: {report['top1']:.4f} Acc top5: {report['top5']:.4f}"
+    assert report["videos_tested"] == 5 and report["videos_skipped"] == 0
+    assert (report["dataset"], report["split"], report["num_seq"], report["img_dim"]) == ("demo", 1, 5, 64)
+    png = cv2.imread(str(finetuned.with_name(finetuned.name + ".confusion.png")))
+    assert png is not None and png.shape[0] > 100
+
+
+def test_test_refuses_a_pretraining_checkpoint_in_one_line(pretrained, demo_dataset, tmp_path):
+    logs, _ = pretrained
+    checkpoint = only(logs.glob("log_tmp/*/model/model_best_epoch*.pth.tar"))
+    result = cli("Evaluate/test.py", "--test", checkpoint, "--csv_root", demo_dataset / "csv", cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert str(checkpoint) in result.stderr and "finetuned checkpoint" in result.stderr
+
+
+def test_missing_csv_is_one_clear_line(tmp_path):
+    result = cli("CPCTrans/main.py", "--csv_root", tmp_path / "nothing", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0
+    assert "classInd.txt" in result.stderr and "write_csv.py" in result.stderr
