@@ -177,15 +177,25 @@ def _saturation(image, factor):
 JITTER_OPS = (_brightness, _contrast, _saturation, adjust_hue)
 
 
+def _device_index(chosen: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Positions of the True entries of a CPU mask, as an index on `device` (known on the host: no sync)."""
+    return chosen.nonzero().flatten().to(device, non_blocking=True)
+
+
 def color_jitter(frames: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """Per-frame colour jitter: frame i applies the four operations in order[i] with factors[i], where on[i]."""
-    factors = factors.to(frames.device, frames.dtype, non_blocking=True).view(-1, 4, 1, 1, 1)
-    on = on.to(frames.device, non_blocking=True)
-    order = order.to(frames.device, non_blocking=True)
+    """Per-frame colour jitter, in place: frame i applies the four operations in order[i] with factors[i], where on[i].
+
+    The CPU parameters say which frames take which operation at each position, so every operation
+    runs only on its own frames.
+    """
     for position in range(4):
         for op_index, op in enumerate(JITTER_OPS):
-            chosen = (on & (order[:, position] == op_index)).view(-1, 1, 1, 1)
-            frames = torch.where(chosen, op(frames, factors[:, op_index]), frames)
+            chosen = on & (order[:, position] == op_index)
+            if not chosen.any():
+                continue
+            index = _device_index(chosen, frames.device)
+            factor = factors[chosen, op_index].to(frames.device, frames.dtype, non_blocking=True).view(-1, 1, 1, 1)
+            frames.index_copy_(0, index, op(frames.index_select(0, index), factor))
     return frames
 
 
@@ -193,12 +203,15 @@ def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recip
     """uint8 clips (B, N, 3, H, W) on any device -> normalised float (B, N, 3, img_dim, img_dim)."""
     batch, steps = clips.shape[:2]
     frames = crop_resize(clips.flatten(0, 1).float().div_(255), params.boxes, steps, img_dim)
-    flip = params.flip.to(frames.device, non_blocking=True).repeat_interleave(steps).view(-1, 1, 1, 1)
-    frames = torch.where(flip, frames.flip(-1), frames)
-    if recipe.gray_p > 0:
-        gray = params.gray.flatten().to(frames.device, non_blocking=True).view(-1, 1, 1, 1)
-        frames = torch.where(gray, _grayscale(frames).expand_as(frames), frames)
-    if recipe.jitter is not None and recipe.jitter_p > 0:
+    flip = params.flip.repeat_interleave(steps)
+    if flip.any():
+        index = _device_index(flip, frames.device)
+        frames.index_copy_(0, index, frames.index_select(0, index).flip(-1))
+    gray = params.gray.flatten()
+    if gray.any():
+        index = _device_index(gray, frames.device)
+        frames.index_copy_(0, index, _grayscale(frames.index_select(0, index)).expand(-1, 3, -1, -1))
+    if recipe.jitter is not None:
         frames = color_jitter(frames, params.jitter_on.flatten(), params.factors.flatten(0, 1),
                               params.order.flatten(0, 1))
     mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 3, 1, 1)

@@ -80,12 +80,17 @@ def window_starts(num_frames: int, num_seq: int, ds: int) -> list[int]:
     return [window * num_seq * ds for window in range(sampled // num_seq)]
 
 
-def decode_frames(paths: list[str]) -> torch.Tensor:
-    """JPEG files -> uint8 (N, 3, H, W)."""
+def read_frames(paths: list[str]) -> list[torch.Tensor]:
+    """JPEG files -> their bytes, as uint8 tensors."""
     try:
-        data = [read_file(path) for path in paths]
+        return [read_file(path) for path in paths]
     except RuntimeError as error:
         raise DataError(f"{error}: a frame is missing; re-run ProcessData/extract_frame.py for that video") from None
+
+
+def decode_frames(paths: list[str]) -> torch.Tensor:
+    """JPEG files -> uint8 (N, 3, H, W)."""
+    data = read_frames(paths)
     try:
         frames = decode_jpeg(data, mode=ImageReadMode.RGB)
     except RuntimeError as error:
@@ -99,14 +104,15 @@ class ClipDataset(Dataset):
 
     windows=False: one clip per video from a random start (training, validation).
     windows=True: every test window of every video, each item tagged with its video's index.
+    encoded=True: items carry the JPEG files' bytes, to be decoded on the GPU (`clips_to_device`).
     Videos shorter than num_seq * ds frames are left out and counted in `num_skipped`.
     """
 
-    def __init__(self, records: list[VideoRecord], num_seq: int, ds: int, windows: bool = False):
-        self.num_seq, self.ds = num_seq, ds
+    def __init__(self, records: list[VideoRecord], num_seq: int, ds: int, windows: bool = False,
+                 encoded: bool = False):
+        self.num_seq, self.ds, self.encoded = num_seq, ds, encoded
         self.videos = [r for r in records if clip_start_range(r.num_frames, num_seq, ds) > 0]
         self.num_skipped = len(records) - len(self.videos)
-        self.windows = windows
         if windows:
             self.items = [(video, start) for video, record in enumerate(self.videos)
                           for start in window_starts(record.num_frames, num_seq, ds)]
@@ -122,24 +128,44 @@ class ClipDataset(Dataset):
         if start is None:
             start = int(torch.randint(clip_start_range(record.num_frames, self.num_seq, self.ds), ()))
         paths = [frame_path(record.folder, i) for i in clip_indices(start, self.num_seq, self.ds)]
-        return decode_frames(paths), record.label, video
+        frames = read_frames(paths) if self.encoded else decode_frames(paths)
+        return frames, record.label, video
 
 
-def collate_clips(batch):
-    """-> clips (B, N, 3, H, W) uint8 zero-padded to the largest frame, sizes (B, 2), labels, video indices."""
-    clips, labels, videos = zip(*batch)
+def stack_padded(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips (N, 3, H_i, W_i) -> (B, N, 3, H, W) zero-padded to the largest frame, and each clip's (H_i, W_i)."""
     sizes = torch.tensor([clip.shape[-2:] for clip in clips])
     height, width = sizes.max(dim=0).values.tolist()
     if all(clip.shape[-2:] == (height, width) for clip in clips):
-        stacked = torch.stack(clips)
-    else:
-        stacked = torch.zeros(len(clips), *clips[0].shape[:2], height, width, dtype=torch.uint8)
-        for out, clip in zip(stacked, clips):
-            out[..., :clip.shape[-2], :clip.shape[-1]] = clip
+        return torch.stack(clips), sizes
+    stacked = clips[0].new_zeros(len(clips), *clips[0].shape[:2], height, width)
+    for out, clip in zip(stacked, clips):
+        out[..., :clip.shape[-2], :clip.shape[-1]] = clip
+    return stacked, sizes
+
+
+def collate_clips(batch):
+    """-> clips (B, N, 3, H, W) uint8 (or, encoded, a list of lists of JPEG bytes), sizes (B, 2) or None,
+    labels, video indices."""
+    clips, labels, videos = zip(*batch)
+    if isinstance(clips[0], list):
+        return list(clips), None, torch.tensor(labels), torch.tensor(videos)
+    stacked, sizes = stack_padded(list(clips))
     return stacked, sizes, torch.tensor(labels), torch.tensor(videos)
+
+
+def clips_to_device(clips, sizes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A collated batch -> uint8 clips on `device` and their frame sizes; encoded clips are decoded there."""
+    if not isinstance(clips, list):
+        return clips.to(device, non_blocking=True), sizes
+    flat = [frame for clip in clips for frame in clip]
+    frames = decode_jpeg(flat, mode=ImageReadMode.RGB, device=device)
+    steps = len(clips[0])
+    return stack_padded([torch.stack(frames[i:i + steps]) for i in range(0, len(frames), steps)])
 
 
 def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool, device: torch.device) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) >= batch_size,
-                      num_workers=workers, collate_fn=collate_clips, pin_memory=device.type == "cuda",
+                      num_workers=workers, collate_fn=collate_clips,
+                      pin_memory=device.type == "cuda" and not dataset.encoded,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)

@@ -15,10 +15,10 @@ from tqdm import tqdm
 from CPCTrans.augment import PRETRAIN, ClipAugment, denormalize
 from CPCTrans.checkpoint import CheckpointError, describe_load, load, load_matching, plain
 from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
-from CPCTrans.data import ClipDataset, DataError, make_loader, read_class_names, read_index
+from CPCTrans.data import ClipDataset, DataError, clips_to_device, make_loader, read_class_names, read_index
 from CPCTrans.encoder import ATTENTION_KINDS
-from CPCTrans.runtime import (REPO_ROOT, autocast, default_csv_root, save_epoch, seed_everything, select_device,
-                              user_error)
+from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, default_csv_root, prepare_model,
+                              resolve_speed_flags, save_epoch, seed_everything, user_error)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,7 +37,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrain", default="", help="checkpoint to initialise the weights from")
     parser.add_argument("--epochs", default=300, type=int)
     parser.add_argument("--start_epoch", default=0, type=int)
-    parser.add_argument("--gpu", default="0", help="CUDA device index")
     parser.add_argument("--print_freq", default=5, type=int, help="steps between progress updates")
     parser.add_argument("--reset_lr", action="store_true", help="on resume, start a fresh optimiser at --lr")
     parser.add_argument("--prefix", default="tmp", help="logs go to <log_root>/log_<prefix>/")
@@ -46,10 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--img_dim", default=128, type=int)
     parser.add_argument("--csv_root", default=None, help="default: ProcessData/data/<dataset>")
     parser.add_argument("--log_root", default=str(REPO_ROOT / "CPCTrans"))
-    parser.add_argument("--workers", default=4, type=int, help="data loader processes")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (default: on for CUDA)")
+    add_speed_flags(parser)
     parser.add_argument("--attn", default="full", choices=ATTENTION_KINDS,
                         help="full: the reference; causal: a frame attends to earlier frames only")
     parser.add_argument("--seed", default=0, type=int)
@@ -70,7 +66,7 @@ def build_loaders(args, device):
     loaders = {}
     for stage, csv_name in (("train", "train"), ("val", "test")):
         records = read_index(csv_root / f"{csv_name}_split{args.split:02d}.csv", num_classes)
-        dataset = ClipDataset(records, args.num_seq, args.ds)
+        dataset = ClipDataset(records, args.num_seq, args.ds, encoded=args.decode == "gpu")
         if dataset.num_skipped:
             print(f"{stage}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
                   f"num_seq * ds = {args.num_seq * args.ds} frames")
@@ -81,7 +77,25 @@ def build_loaders(args, device):
     return loaders
 
 
-def run_epoch(model, loader, augmenter, optimizer, device, amp, epoch, args, writer=None):
+def pretext_loss(model, inputs: torch.Tensor, device: torch.device, amp: bool):
+    """Forward pass and loss on augmented clips -> (loss, scores, (batch, pred_step, positions))."""
+    with autocast(device, amp):
+        predictions, targets = model(inputs)
+        scores = dense_scores(predictions, targets)
+        loss = contrastive_loss(scores)
+    batch, pred_step, _, height, width = predictions.shape
+    return loss, scores, (batch, pred_step, height * width)
+
+
+def train_step(model, optimizer, inputs: torch.Tensor, device: torch.device, amp: bool):
+    loss, scores, shape = pretext_loss(model, inputs, device, amp)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, scores, shape
+
+
+def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, writer=None):
     """One pass over `loader`; trains when an optimizer is given. Returns the pretext metrics."""
     training = optimizer is not None
     model.train(training)
@@ -89,19 +103,15 @@ def run_epoch(model, loader, augmenter, optimizer, device, amp, epoch, args, wri
     stage = "train" if training else "val"
     progress = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", leave=False, dynamic_ncols=True)
     for step, (clips, sizes, _, _) in enumerate(progress):
-        inputs = augmenter(clips.to(device, non_blocking=True), sizes)
-        with torch.set_grad_enabled(training), autocast(device, amp):
-            predictions, targets = model(inputs)
-            scores = dense_scores(predictions, targets)
-            loss = contrastive_loss(scores)
+        inputs = augmenter(*clips_to_device(clips, sizes, device))
         if training:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, scores, shape = train_step(model, optimizer, inputs, device, args.amp)
             if epoch == args.start_epoch and step == 0:
                 writer.add_image("input_clip", make_grid(denormalize(inputs[0].float()), nrow=inputs.shape[1]), epoch)
-        batch, pred_step, _, height, width = predictions.shape
-        metrics.update(loss, scores, (batch, pred_step, height * width))
+        else:
+            with torch.no_grad():
+                loss, scores, shape = pretext_loss(model, inputs, device, args.amp)
+        metrics.update(loss, scores, shape)
         if (step + 1) % args.print_freq == 0:
             summary = metrics.summary()
             progress.set_postfix(loss=f"{summary['loss']:.3f}", top1=f"{summary['top1']:.3f}")
@@ -114,8 +124,7 @@ def run_epoch(model, loader, augmenter, optimizer, device, amp, epoch, args, wri
 
 def train(args: argparse.Namespace) -> Path:
     seed_everything(args.seed)
-    device = select_device(args.device, args.gpu)
-    amp = device.type == "cuda" if args.amp is None else args.amp
+    device = resolve_speed_flags(args)
     loaders = build_loaders(args, device)
 
     model = CPCTrans(args.net, args.num_seq, args.pred_step, args.attn)
@@ -124,10 +133,7 @@ def train(args: argparse.Namespace) -> Path:
         print(describe_load(report, args.pretrain))
     if args.train_what == "last":
         model.encoder.backbone.requires_grad_(False)
-    if device.type == "cuda":
-        model.encoder.channels_last = True
-        model.to(memory_format=torch.channels_last)
-    model.to(device)
+    step_model = prepare_model(model, device, args.compile)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=args.lr, weight_decay=args.wd, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)
@@ -150,12 +156,13 @@ def train(args: argparse.Namespace) -> Path:
     model_dir = run_dir / "model"
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     augmenter = ClipAugment(PRETRAIN, args.img_dim, seed=args.seed)
-    print(f"pretraining on {device} (amp={amp}); logs and checkpoints in {run_dir}")
+    print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile}); "
+          f"logs and checkpoints in {run_dir}")
 
     for epoch in range(args.start_epoch, args.epochs):
-        train_metrics = run_epoch(model, loaders["train"], augmenter, optimizer, device, amp, epoch, args,
+        train_metrics = run_epoch(step_model, loaders["train"], augmenter, optimizer, device, epoch, args,
                                   writers["train"])
-        val_metrics = run_epoch(model, loaders["val"], augmenter, None, device, amp, epoch, args)
+        val_metrics = run_epoch(step_model, loaders["val"], augmenter, None, device, epoch, args)
         scheduler.step()
         for stage, metrics in (("train", train_metrics), ("val", val_metrics)):
             for key, value in metrics.items():

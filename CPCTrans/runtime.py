@@ -1,4 +1,5 @@
 """What the two training CLIs share: device choice, run folders, seeding, tensorboard and checkpoint rotation."""
+import argparse
 import random
 from contextlib import nullcontext
 from pathlib import Path
@@ -55,3 +56,39 @@ def user_error(error: Exception) -> str:
     if "Original Traceback" in str(error):
         return last_line.split(": ", 1)[-1]
     return last_line
+
+
+def add_speed_flags(parser) -> None:
+    """Flags of every training and testing CLI that choose where and how fast the work runs."""
+    parser.add_argument("--workers", default=4, type=int, help="data loader processes")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--gpu", default="0", help="CUDA device index")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: on for CUDA)")
+    parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"],
+                        help="where JPEGs are decoded: loader workers (cpu) or batched on the GPU (default there)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def resolve_speed_flags(args) -> torch.device:
+    """Fills --amp and --decode for the chosen device; returns the device."""
+    device = select_device(args.device, args.gpu)
+    if args.amp is None:
+        args.amp = device.type == "cuda"
+    if args.decode == "auto":
+        args.decode = "gpu" if device.type == "cuda" else "cpu"
+    if args.decode == "gpu" and device.type != "cuda":
+        raise SystemExit("--decode gpu needs a CUDA device; use --decode cpu")
+    return device
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, compile_model: bool) -> torch.nn.Module:
+    """Moves `model` to `device` (channels_last on CUDA); returns the module to call, compiled if asked.
+
+    Keep the uncompiled `model` for state_dict(): compiled modules prefix every name.
+    """
+    if device.type == "cuda":
+        model.encoder.channels_last = True
+        model.to(memory_format=torch.channels_last)
+    model.to(device)
+    return torch.compile(model) if compile_model else model

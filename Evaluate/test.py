@@ -17,10 +17,10 @@ from tqdm import tqdm
 
 from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment
 from CPCTrans.checkpoint import CheckpointError, describe_load, load, load_matching, plain
-from CPCTrans.data import ClipDataset, DataError, make_loader, read_class_names, read_index
+from CPCTrans.data import ClipDataset, DataError, clips_to_device, make_loader, read_class_names, read_index
 from CPCTrans.encoder import ATTENTION_KINDS
-from CPCTrans.runtime import (REPO_ROOT, autocast, default_csv_root, save_epoch, seed_everything, select_device,
-                              user_error)
+from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, default_csv_root, prepare_model,
+                              resolve_speed_flags, save_epoch, seed_everything, user_error)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 
@@ -46,7 +46,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--test", default="", help="finetuned checkpoint to evaluate")
     parser.add_argument("--epochs", default=300, type=int)
     parser.add_argument("--start_epoch", default=0, type=int)
-    parser.add_argument("--gpu", default="0", help="CUDA device index")
     parser.add_argument("--print_freq", default=5, type=int)
     parser.add_argument("--reset_lr", action="store_true")
     parser.add_argument("--prefix", default="tmp")
@@ -55,10 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--img_dim", default=None, type=int, help="default 128")
     parser.add_argument("--csv_root", default=None, help="default: ProcessData/data/<dataset>")
     parser.add_argument("--log_root", default=str(REPO_ROOT / "Evaluate"))
-    parser.add_argument("--workers", default=4, type=int)
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (default: on for CUDA)")
+    add_speed_flags(parser)
     parser.add_argument("--attn", default=None, choices=ATTENTION_KINDS,
                         help="only for --pretrain random; otherwise taken from the checkpoint")
     parser.add_argument("--seed", default=0, type=int)
@@ -80,7 +76,7 @@ def class_names(args) -> tuple[Path, list[str]]:
 def clip_dataset(csv_root: Path, stage: str, args, num_classes: int, windows: bool) -> ClipDataset:
     path = csv_root / f"{stage}_split{args.split:02d}.csv"
     records = read_index(path, num_classes)
-    dataset = ClipDataset(records, args.num_seq, args.ds, windows=windows)
+    dataset = ClipDataset(records, args.num_seq, args.ds, windows=windows, encoded=args.decode == "gpu")
     if dataset.num_skipped:
         print(f"{path.name}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
               f"num_seq * ds = {args.num_seq * args.ds} frames")
@@ -89,15 +85,11 @@ def clip_dataset(csv_root: Path, stage: str, args, num_classes: int, windows: bo
     return dataset
 
 
-def prepare(model: VideoClassifier, device: torch.device) -> VideoClassifier:
-    if device.type == "cuda":
-        model.encoder.channels_last = True
-        model.to(memory_format=torch.channels_last)
-    return model.to(device)
+def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epoch, writer):
+    """One pass; trains when an optimizer is given. Returns mean loss, top-1 and top-5 over clips.
 
-
-def run_epoch(model, loader, augmenter, optimizer, device, amp, args, epoch, writer):
-    """One pass; trains when an optimizer is given. Returns mean loss, top-1 and top-5 over clips."""
+    `step_model` is `model` itself or its compiled version.
+    """
     training = optimizer is not None
     if training:
         model.train_mode(args.train_what)
@@ -108,10 +100,10 @@ def run_epoch(model, loader, augmenter, optimizer, device, amp, args, epoch, wri
     progress = tqdm(loader, desc=f"{'train' if training else 'val'} epoch {epoch + 1}", leave=False,
                     dynamic_ncols=True)
     for step, (clips, sizes, labels, _) in enumerate(progress):
-        inputs = augmenter(clips.to(device, non_blocking=True), sizes)
+        inputs = augmenter(*clips_to_device(clips, sizes, device))
         labels = labels.to(device, non_blocking=True)
-        with torch.set_grad_enabled(training), autocast(device, amp):
-            logits = model(inputs).float()
+        with torch.set_grad_enabled(training), autocast(device, args.amp):
+            logits = step_model(inputs).float()
             loss = F.cross_entropy(logits, labels)
         if training:
             optimizer.zero_grad(set_to_none=True)
@@ -140,8 +132,7 @@ def run_name(args) -> str:
 def finetune(args: argparse.Namespace) -> Path:
     fill_data_flags(args)
     seed_everything(args.seed)
-    device = select_device(args.device, args.gpu)
-    amp = device.type == "cuda" if args.amp is None else args.amp
+    device = resolve_speed_flags(args)
     csv_root, classes = class_names(args)
     loaders = {stage: make_loader(clip_dataset(csv_root, csv_name, args, len(classes), windows=False),
                                   args.batch_size, args.workers, stage == "train", device)
@@ -157,7 +148,7 @@ def finetune(args: argparse.Namespace) -> Path:
     model = VideoClassifier(len(classes), args.net, attn, args.dropout)
     if pretrained is not None:
         print(describe_load(load_matching(model, pretrained["state_dict"]), args.pretrain))
-    model = prepare(model, device)
+    step_model = prepare_model(model, device, args.compile)
     optimizer = torch.optim.Adam(model.param_groups(args.train_what, args.lr), lr=args.lr, weight_decay=args.wd,
                                  fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.1)
@@ -178,12 +169,13 @@ def finetune(args: argparse.Namespace) -> Path:
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim, seed=args.seed),
                   "val": ClipAugment(FINETUNE_VAL, args.img_dim, seed=args.seed + 1)}
-    print(f"finetuning ({args.train_what}) on {device} (amp={amp}); logs and checkpoints in {run_dir}")
+    print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
+          f"compile={args.compile}); logs and checkpoints in {run_dir}")
     for epoch in range(args.start_epoch, args.epochs):
         results = {}
         for stage in ("train", "val"):
-            results[stage] = run_epoch(model, loaders[stage], augmenters[stage], optimizer if stage == "train" else None,
-                                       device, amp, args, epoch, writers[stage])
+            results[stage] = run_epoch(model, step_model, loaders[stage], augmenters[stage],
+                                       optimizer if stage == "train" else None, device, args, epoch, writers[stage])
             for key, value in results[stage].items():
                 writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
         scheduler.step()
@@ -211,8 +203,7 @@ def test(args: argparse.Namespace) -> dict:
     state = load(args.test, "classifier")
     config = state["model_config"]
     fill_data_flags(args, config)
-    device = select_device(args.device, args.gpu)
-    amp = device.type == "cuda" if args.amp is None else args.amp
+    device = resolve_speed_flags(args)
     csv_root, classes = class_names(args)
     if len(classes) != config["num_classes"]:
         raise CheckpointError(f"{args.test}: has {config['num_classes']} classes but {csv_root / 'classInd.txt'} "
@@ -221,7 +212,8 @@ def test(args: argparse.Namespace) -> dict:
     loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device)
     model = VideoClassifier(config["num_classes"], config["net"], config["attn"], config["dropout"])
     model.load_state_dict(state["state_dict"])
-    model = prepare(model, device).eval()
+    model.eval()
+    step_model = prepare_model(model, device, args.compile)
     augmenter = ClipAugment(TEST, args.img_dim)
 
     num_videos = len(dataset.videos)
@@ -230,10 +222,10 @@ def test(args: argparse.Namespace) -> dict:
     loss_sum = torch.zeros((), device=device)
     started = time.perf_counter()
     for clips, sizes, labels, videos in tqdm(loader, desc="test", dynamic_ncols=True):
-        inputs = augmenter(clips.to(device, non_blocking=True), sizes)
+        inputs = augmenter(*clips_to_device(clips, sizes, device))
         labels, videos = labels.to(device, non_blocking=True), videos.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(inputs).float()
+        with autocast(device, args.amp):
+            logits = step_model(inputs).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         probabilities.index_add_(0, videos, logits.softmax(dim=1))
         windows.index_add_(0, videos, torch.ones_like(videos, dtype=windows.dtype))

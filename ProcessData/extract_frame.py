@@ -7,6 +7,7 @@ folder is complete: frames are written to a hidden temporary folder that is rena
 so re-running after an interruption redoes exactly the videos that were not finished.
 """
 import argparse
+import multiprocessing
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     todo = [video for video in videos if not targets[video].is_dir()]
     print(f"{len(videos)} videos, {len(videos) - len(todo)} already extracted, {len(todo)} to do")
     failures = []
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+    # Spawned, not forked: a fork of a process whose thread pools are running (torch, OpenCV) can deadlock.
+    with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(extract_video, video, targets[video], args.dim) for video in todo]
         for future in tqdm(as_completed(futures), total=len(futures), desc="extracting", dynamic_ncols=True):
             video, _, error = future.result()

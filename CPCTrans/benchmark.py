@@ -1,0 +1,168 @@
+"""Throughput of pretraining, piece by piece and end to end, on real JPEG frame folders.
+
+    python CPCTrans/benchmark.py --img_dim 224 --batch_size 16 --num_seq 5 --pred_step 3
+
+Without --frame_root it first writes its own 320x240 JPEG folders (the demo dataset's camera
+motion, JPEG quality 80, as extract_frame.py writes them). Prints a table and one JSON line:
+model step alone (augmented input already on the device), augmentation alone, loader alone
+(read, decode, collate and copy to the device), end to end, peak GPU memory of the end-to-end run.
+On a GPU every timing follows a warm-up and a synchronisation; model-step and augmentation numbers
+are medians of per-step times, loader and end-to-end numbers are throughput over all timed steps.
+"""
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from CPCTrans.augment import PRETRAIN, ClipAugment
+from CPCTrans.cpc import CPCTrans
+from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, make_loader
+from CPCTrans.main import train_step
+from CPCTrans.runtime import add_speed_flags, prepare_model, resolve_speed_flags
+from ProcessData.make_demo import CLASSES, camera_video
+
+
+def write_frame_folders(root: Path, videos: int, frames: int, seed: int = 0) -> list[VideoRecord]:
+    rng = np.random.default_rng(seed)
+    motions = list(CLASSES.values())
+    records = []
+    for index in range(videos):
+        folder = root / f"video{index:04d}"
+        folder.mkdir(parents=True)
+        for number, frame in enumerate(camera_video(rng, motions[index % len(motions)], frames), 1):
+            cv2.imwrite(str(folder / f"image_{number:05d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        records.append(VideoRecord(str(folder), frames, 0))
+    return records
+
+
+def read_frame_root(root: Path) -> list[VideoRecord]:
+    """Every folder of image_*.jpg under `root` (any depth) becomes a video."""
+    folders = sorted({path.parent for path in root.rglob("image_00001.jpg")})
+    return [VideoRecord(str(folder), len(list(folder.glob("image_*.jpg"))), 0) for folder in folders]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(run, steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(steps):
+        synchronize(device)
+        started = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def throughput_seconds(batches, run, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step over `steps` consecutive steps after `warmup`, each step consuming one batch."""
+    for _ in range(warmup):
+        run(next(batches))
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        run(next(batches))
+    synchronize(device)
+    return (time.perf_counter() - started) / steps
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark CPCTrans pretraining throughput")
+    parser.add_argument("--img_dim", default=224, type=int)
+    parser.add_argument("--batch_size", default=16, type=int)
+    parser.add_argument("--num_seq", default=5, type=int)
+    parser.add_argument("--pred_step", default=3, type=int)
+    parser.add_argument("--ds", default=3, type=int)
+    parser.add_argument("--steps", default=50, type=int, help="timed steps per measurement")
+    parser.add_argument("--warmup", default=10, type=int)
+    parser.add_argument("--frame_root", type=Path, default=None, help="existing frame folders to read")
+    parser.add_argument("--videos", default=64, type=int, help="videos to write when no --frame_root")
+    parser.add_argument("--frames", default=60, type=int, help="frames per written video")
+    add_speed_flags(parser)
+    return parser.parse_args(argv)
+
+
+def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
+    device = resolve_speed_flags(args)
+    model = CPCTrans(num_seq=args.num_seq, pred_step=args.pred_step)
+    step_model = prepare_model(model, device, args.compile).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, fused=device.type == "cuda")
+    augmenter = ClipAugment(PRETRAIN, args.img_dim, seed=0)
+    clips_needed = args.batch_size * (args.steps + args.warmup)
+    dataset = ClipDataset(records * max(1, -(-clips_needed // len(records))), args.num_seq, args.ds,
+                          encoded=args.decode == "gpu")
+    loader = make_loader(dataset, args.batch_size, args.workers, train=True, device=device)
+
+    raw = torch.randint(0, 256, (args.batch_size, args.num_seq, 3, 240, 320), dtype=torch.uint8, device=device)
+    sizes = torch.tensor([[240, 320]] * args.batch_size)
+    inputs = augmenter(raw, sizes)
+    model_s = median_seconds(lambda: train_step(step_model, optimizer, inputs, device, args.amp),
+                             args.steps, args.warmup, device)
+    augment_s = median_seconds(lambda: augmenter(raw, sizes), args.steps, args.warmup, device)
+    batches = endless(loader)
+    loader_s = throughput_seconds(batches, lambda batch: clips_to_device(batch[0], batch[1], device),
+                                  args.steps, args.warmup, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def full_step(batch):
+        train_step(step_model, optimizer, augmenter(*clips_to_device(batch[0], batch[1], device)), device, args.amp)
+
+    end_to_end_s = throughput_seconds(batches, full_step, args.steps, args.warmup, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    per_second = {name: args.batch_size / seconds for name, seconds in
+                  (("model_step", model_s), ("augment", augment_s), ("loader", loader_s), ("end_to_end", end_to_end_s))}
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "img_dim": args.img_dim, "batch_size": args.batch_size, "num_seq": args.num_seq, "pred_step": args.pred_step,
+        "amp": args.amp, "compile": args.compile, "decode": args.decode, "workers": args.workers,
+        **{f"{name}_clips_per_s": round(value, 1) for name, value in per_second.items()},
+        "peak_gpu_memory_gib": None if peak is None else round(peak, 3),
+        "end_to_end_over_model_step": round(per_second["end_to_end"] / per_second["model_step"], 3),
+    }
+
+
+def print_table(result: dict) -> None:
+    print(f"device {result['device']}: batch {result['batch_size']}, {result['img_dim']}px, "
+          f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, decode={result['decode']}, "
+          f"{result['workers']} workers")
+    print("| what | clips/s |\n|---|---|")
+    for name in ("model_step", "augment", "loader", "end_to_end"):
+        print(f"| {name.replace('_', ' ')} | {result[f'{name}_clips_per_s']:.1f} |")
+    print(f"end to end / model step: {result['end_to_end_over_model_step']:.2f}; "
+          f"peak GPU memory: {result['peak_gpu_memory_gib']} GiB")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.frame_root:
+            records = read_frame_root(args.frame_root)
+            if not records:
+                raise SystemExit(f"error: {args.frame_root}: no image_00001.jpg below it; give extracted frames")
+        else:
+            records = write_frame_folders(Path(scratch), args.videos, args.frames)
+        result = benchmark(args, records)
+    print_table(result)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The fast path is the same method: bf16 agrees with fp32, both learn, the benchmark runs, GPU pieces match CPU."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from CPCTrans import benchmark
+from CPCTrans.augment import PRETRAIN, apply_params, sample_params
+from CPCTrans.cpc import CPCTrans
+from CPCTrans.data import ClipDataset, clips_to_device, collate_clips, read_index
+from CPCTrans.main import pretext_loss, train_step
+
+REPO = Path(__file__).resolve().parents[1]
+BF16_TOLERANCE = 0.02  # relative difference of the initial loss, bf16 autocast vs fp32
+
+
+def fresh_model(state=None):
+    torch.manual_seed(0)
+    model = CPCTrans()
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+def test_bf16_and_fp32_losses_agree_at_initialisation():
+    torch.manual_seed(1)
+    clips = torch.randn(2, 5, 3, 64, 64)
+    model = fresh_model().eval()
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        fp32 = pretext_loss(model, clips, cpu, amp=False)[0]
+        bf16 = pretext_loss(model, clips, cpu, amp=True)[0]
+    assert abs(bf16.item() - fp32.item()) / fp32.item() < BF16_TOLERANCE
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_a_short_run_lowers_the_loss(amp):
+    torch.manual_seed(1)
+    clips = torch.randn(2, 5, 3, 64, 64)
+    model = fresh_model().train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = [train_step(model, optimizer, clips, torch.device("cpu"), amp)[0].item() for _ in range(6)]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "CPCTrans" / "benchmark.py"), "--img_dim", "64",
+                             "--batch_size", "2", "--steps", "2", "--warmup", "1", "--videos", "3", "--frames", "16",
+                             "--workers", "1", "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["device"] == "cpu" and report["batch_size"] == 2
+    for key in ("model_step_clips_per_s", "loader_clips_per_s", "end_to_end_clips_per_s", "augment_clips_per_s"):
+        assert report[key] > 0
+    assert report["end_to_end_over_model_step"] > 0
+    assert "| end to end |" in result.stdout
+
+
+def test_benchmark_reads_existing_frame_folders(tmp_path):
+    records = benchmark.write_frame_folders(tmp_path / "frames", videos=2, frames=16)
+    found = benchmark.read_frame_root(tmp_path / "frames")
+    assert [(r.folder, r.num_frames) for r in found] == [(r.folder, r.num_frames) for r in records]
+
+
+def gpu():
+    return torch.device("cuda")
+
+
+@pytest.mark.cuda
+def test_gpu_decode_matches_cpu_decode(demo_dataset):
+    records = read_index(demo_dataset / "csv" / "train_split01.csv")
+    encoded = ClipDataset(records, 5, 3, windows=True, encoded=True)
+    decoded = ClipDataset(records, 5, 3, windows=True)
+    batch = [encoded[i] for i in range(4)]
+    on_gpu, gpu_sizes = clips_to_device(collate_clips(batch)[0], None, gpu())
+    on_cpu, cpu_sizes = collate_clips([decoded[i] for i in range(4)])[:2]
+    difference = (on_gpu.cpu().int() - on_cpu.int()).abs()
+    assert torch.equal(gpu_sizes, cpu_sizes)
+    assert difference.float().mean() < 1.0 and difference.max() <= 12
+
+
+@pytest.mark.cuda
+def test_augmentation_on_gpu_matches_cpu():
+    clips = torch.randint(0, 256, (3, 5, 3, 240, 320), dtype=torch.uint8)
+    params = sample_params(PRETRAIN, torch.tensor([[240, 320]] * 3), 5, torch.Generator().manual_seed(0))
+    on_cpu = apply_params(clips, params, 112, PRETRAIN)
+    on_gpu = apply_params(clips.to(gpu()), params, 112, PRETRAIN).cpu()
+    assert torch.allclose(on_cpu, on_gpu, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_bf16_on_gpu_agrees_with_fp32():
+    torch.manual_seed(1)
+    clips = torch.randn(4, 5, 3, 128, 128, device=gpu())
+    model = fresh_model().to(gpu()).eval()
+    with torch.no_grad():
+        fp32 = pretext_loss(model, clips, gpu(), amp=False)[0]
+        bf16 = pretext_loss(model, clips, gpu(), amp=True)[0]
+    assert abs(bf16.item() - fp32.item()) / fp32.item() < BF16_TOLERANCE
+
+
+@pytest.mark.cuda
+def test_pretraining_and_test_run_on_cuda(demo_dataset, tmp_path):
+    common = ["--csv_root", demo_dataset / "csv", "--dataset", "demo", "--img_dim", "128", "--batch_size", "4",
+              "--workers", "2", "--device", "cuda"]
+    pretrain = subprocess.run([sys.executable, str(REPO / "CPCTrans" / "main.py"), *map(str, common), "--epochs", "1",
+                               "--log_root", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert pretrain.returncode == 0, pretrain.stderr
+    assert "decode=gpu" in pretrain.stdout and "amp=True" in pretrain.stdout
+    checkpoint = next(tmp_path.glob("log_tmp/*/model/epoch1.pth.tar"))
+    state = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    assert all(value.device.type == "cpu" for value in state["state_dict"].values())
+    finetune = subprocess.run([sys.executable, str(REPO / "Evaluate" / "test.py"), *map(str, common), "--epochs", "1",
+                               "--pretrain", str(checkpoint), "--log_root", str(tmp_path / "ft")],
+                              capture_output=True, text=True, cwd=tmp_path)
+    assert finetune.returncode == 0, finetune.stderr
+    finetuned = next((tmp_path / "ft").glob("log_tmp/*/model/epoch1.pth.tar"))
+    tested = subprocess.run([sys.executable, str(REPO / "Evaluate" / "test.py"), "--test", str(finetuned),
+                             "--csv_root", str(demo_dataset / "csv"), "--device", "cuda"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    assert "Acc top1:" in tested.stdout and "videos/s on cuda" in tested.stdout
