@@ -104,7 +104,8 @@ class ClipDataset(Dataset):
 
     windows=False: one clip per video from a random start (training, validation).
     windows=True: every test window of every video, each item tagged with its video's index.
-    encoded=True: items carry the JPEG files' bytes, to be decoded on the GPU (`clips_to_device`).
+    encoded=True: items carry the JPEG files' bytes (all frames in one tensor, plus each file's length),
+    to be decoded on the GPU by `clips_to_device`.
     Videos shorter than num_seq * ds frames are left out and counted in `num_skipped`.
     """
 
@@ -128,7 +129,11 @@ class ClipDataset(Dataset):
         if start is None:
             start = int(torch.randint(clip_start_range(record.num_frames, self.num_seq, self.ds), ()))
         paths = [frame_path(record.folder, i) for i in clip_indices(start, self.num_seq, self.ds)]
-        frames = read_frames(paths) if self.encoded else decode_frames(paths)
+        if self.encoded:
+            files = read_frames(paths)
+            frames = (torch.cat(files), torch.tensor([len(data) for data in files]))
+        else:
+            frames = decode_frames(paths)
         return frames, record.label, video
 
 
@@ -145,22 +150,27 @@ def stack_padded(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def collate_clips(batch):
-    """-> clips (B, N, 3, H, W) uint8 (or, encoded, a list of lists of JPEG bytes), sizes (B, 2) or None,
-    labels, video indices."""
+    """-> clips (B, N, 3, H, W) uint8 and sizes (B, 2), labels, video indices.
+
+    Encoded clips collate to (all JPEG bytes, lengths (B, N)) and sizes None: two tensors per batch,
+    however many frames, so worker-to-main transfers stay cheap.
+    """
     clips, labels, videos = zip(*batch)
-    if isinstance(clips[0], list):
-        return list(clips), None, torch.tensor(labels), torch.tensor(videos)
+    if isinstance(clips[0], tuple):
+        data = torch.cat([clip[0] for clip in clips])
+        lengths = torch.stack([clip[1] for clip in clips])
+        return (data, lengths), None, torch.tensor(labels), torch.tensor(videos)
     stacked, sizes = stack_padded(list(clips))
     return stacked, sizes, torch.tensor(labels), torch.tensor(videos)
 
 
 def clips_to_device(clips, sizes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A collated batch -> uint8 clips on `device` and their frame sizes; encoded clips are decoded there."""
-    if not isinstance(clips, list):
+    if not isinstance(clips, tuple):
         return clips.to(device, non_blocking=True), sizes
-    flat = [frame for clip in clips for frame in clip]
-    frames = decode_jpeg(flat, mode=ImageReadMode.RGB, device=device)
-    steps = len(clips[0])
+    data, lengths = clips
+    frames = decode_jpeg(list(torch.split(data, lengths.flatten().tolist())), mode=ImageReadMode.RGB, device=device)
+    steps = lengths.shape[1]
     return stack_padded([torch.stack(frames[i:i + steps]) for i in range(0, len(frames), steps)])
 
 

@@ -65,18 +65,17 @@ def add_speed_flags(parser) -> None:
     parser.add_argument("--gpu", default="0", help="CUDA device index")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA)")
-    parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"],
-                        help="where JPEGs are decoded: loader workers (cpu) or batched on the GPU (default there)")
+    parser.add_argument("--decode", default="cpu", choices=["cpu", "gpu"],
+                        help="where JPEGs are decoded: in the loader workers (cpu) or batched with nvJPEG (gpu; "
+                             "its pixels differ from libjpeg's, see README)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
 
 
 def resolve_speed_flags(args) -> torch.device:
-    """Fills --amp and --decode for the chosen device; returns the device."""
+    """Fills --amp for the chosen device and checks --decode; returns the device."""
     device = select_device(args.device, args.gpu)
     if args.amp is None:
         args.amp = device.type == "cuda"
-    if args.decode == "auto":
-        args.decode = "gpu" if device.type == "cuda" else "cpu"
     if args.decode == "gpu" and device.type != "cuda":
         raise SystemExit("--decode gpu needs a CUDA device; use --decode cpu")
     return device

@@ -8,9 +8,9 @@ from ProcessData import extract_frame
 NAME = "v_Odd(1)_name!_&_more_g01_c01"
 
 
-def write_video(path, frames=12, width=160, height=120):
+def write_video(path, frames=12, width=160, height=120, fourcc="MJPG"):
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 25, (width, height))
     assert writer.isOpened()
     for index in range(frames):
         writer.write(np.full((height, width, 3), 10 * index, dtype=np.uint8))
@@ -75,3 +75,10 @@ def test_unreadable_video_is_reported_and_the_rest_extracted(videos, capsys):
 def test_missing_video_root_is_one_clear_line(tmp_path):
     with pytest.raises(SystemExit, match="video folder not found"):
         extract_frame.main(["--video_root", str(tmp_path / "nope"), "--frame_root", str(tmp_path / "f")])
+
+
+def test_mp4_videos_with_ext_flag(tmp_path):
+    write_video(tmp_path / "videos" / "Walk" / "v_walk_g01_c01.mp4", frames=9, width=640, height=360, fourcc="mp4v")
+    assert run(tmp_path, "--ext", "mp4") == 0
+    frames = sorted((tmp_path / "frames" / "Walk" / "v_walk_g01_c01").iterdir())
+    assert len(frames) == 9 and cv2.imread(str(frames[-1])).shape == (240, 427, 3)
