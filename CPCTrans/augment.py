@@ -229,6 +229,9 @@ class ClipAugment:
         if seed is not None:
             self.generator.manual_seed(seed)
 
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
     def __call__(self, clips: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         params = sample_params(self.recipe, sizes, clips.shape[1], self.generator)
         return apply_params(clips, params, self.img_dim, self.recipe)

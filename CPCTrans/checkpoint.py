@@ -59,6 +59,19 @@ def load_matching(model: nn.Module, state_dict: dict) -> dict[str, list[str]]:
     }
 
 
+def load_pretrained(model: nn.Module, path: str | Path, state: dict | None = None) -> str:
+    """Initialises `model` from the matching tensors of a checkpoint; returns the report to print.
+
+    A checkpoint sharing no tensor with `model` is another architecture: refused rather than ignored.
+    """
+    state = state if state is not None else load(path)
+    report = load_matching(model, state["state_dict"])
+    if not report["loaded"]:
+        raise CheckpointError(f"{path}: no tensor matches this model by name and shape; it holds another "
+                              f"architecture ({state.get('model_config')})")
+    return describe_load(report, str(path))
+
+
 def describe_load(report: dict[str, list[str]], source: str) -> str:
     lines = [f"loaded {len(report['loaded'])} tensors from {source}"]
     for key, title in (("shape_mismatch", "shape differs, left as initialised"),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 
@@ -123,11 +123,14 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item):
+        """`item` is an index, or (index, draw in [0, 1)) from EpochSampler choosing a random clip's start."""
+        index, draw = item if isinstance(item, tuple) else (item, None)
         video, start = self.items[index]
         record = self.videos[video]
         if start is None:
-            start = int(torch.randint(clip_start_range(record.num_frames, self.num_seq, self.ds), ()))
+            draw = float(torch.rand(())) if draw is None else draw
+            start = int(draw * clip_start_range(record.num_frames, self.num_seq, self.ds))
         paths = [frame_path(record.folder, i) for i in clip_indices(start, self.num_seq, self.ds)]
         if self.encoded:
             files = read_frames(paths)
@@ -174,8 +177,35 @@ def clips_to_device(clips, sizes, device: torch.device) -> tuple[torch.Tensor, t
     return stack_padded([torch.stack(frames[i:i + steps]) for i in range(0, len(frames), steps)])
 
 
-def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool, device: torch.device) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) >= batch_size,
-                      num_workers=workers, collate_fn=collate_clips,
+class EpochSampler(Sampler):
+    """Order and random clip starts of one epoch, drawn in the main process from (seed, epoch) alone.
+
+    Every epoch is reproducible whatever happened before it, which makes resuming exact:
+    `set_epoch(epoch, skip)` replays an epoch from its `skip`-th item.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int):
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
+        draws = torch.rand(self.size, generator=generator)
+        for index in order[self.skip:].tolist():
+            yield index, float(draws[index])
+
+    def __len__(self) -> int:
+        return max(0, self.size - self.skip)
+
+
+def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool, device: torch.device,
+                seed: int = 0) -> DataLoader:
+    """Batches of `dataset`; the loader's `sampler` is an EpochSampler (call its set_epoch each epoch)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), train, seed),
+                      drop_last=train and len(dataset) >= batch_size, num_workers=workers, collate_fn=collate_clips,
                       pin_memory=device.type == "cuda" and not dataset.encoded,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)

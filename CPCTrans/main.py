@@ -4,6 +4,7 @@
         --epochs 300 --num_seq 5 --pred_step 3
 """
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from CPCTrans.augment import PRETRAIN, ClipAugment, denormalize
-from CPCTrans.checkpoint import CheckpointError, describe_load, load, load_matching, plain
+from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, plain, save_atomic
 from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
 from CPCTrans.data import ClipDataset, DataError, clips_to_device, make_loader, read_class_names, read_index
 from CPCTrans.encoder import ATTENTION_KINDS
+from CPCTrans.resume import GracefulStop, epoch_seed, resume_path, seed_epoch
 from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, default_csv_root, prepare_model,
-                              resolve_speed_flags, save_epoch, seed_everything, user_error)
+                              resolve_speed_flags, save_epoch, user_error)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", default=16, type=int)
     parser.add_argument("--lr", default=1e-3, type=float)
     parser.add_argument("--wd", default=1e-5, type=float, help="weight decay")
-    parser.add_argument("--resume", default="", help="checkpoint of this run to continue")
+    parser.add_argument("--resume", default="", help="checkpoint to continue, or 'latest' (newest of this run)")
     parser.add_argument("--pretrain", default="", help="checkpoint to initialise the weights from")
     parser.add_argument("--epochs", default=300, type=int)
     parser.add_argument("--start_epoch", default=0, type=int)
@@ -73,7 +75,7 @@ def build_loaders(args, device):
         if len(dataset) == 0:
             raise DataError(f"{csv_root / f'{csv_name}_split{args.split:02d}.csv'}: no video has "
                             f"{args.num_seq * args.ds} frames; lower --num_seq or --ds")
-        loaders[stage] = make_loader(dataset, args.batch_size, args.workers, stage == "train", device)
+        loaders[stage] = make_loader(dataset, args.batch_size, args.workers, stage == "train", device, args.seed)
     return loaders
 
 
@@ -95,90 +97,132 @@ def train_step(model, optimizer, inputs: torch.Tensor, device: torch.device, amp
     return loss, scores, shape
 
 
-def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, writer=None):
-    """One pass over `loader`; trains when an optimizer is given. Returns the pretext metrics."""
+class TrainingDiverged(Exception):
+    """The loss stopped being a finite number."""
+
+
+def check_finite(summary: dict, epoch: int, step: int) -> None:
+    if not math.isfinite(summary["loss"]):
+        raise TrainingDiverged(f"the loss is {summary['loss']} at epoch {epoch + 1}, step {step}; nothing of this "
+                               f"epoch was saved, the last epoch checkpoint is intact; lower --lr and resume from it")
+
+
+def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, writer=None, first_step=0, stop=None):
+    """One pass over `loader`, whose first `first_step` steps were done before a resume; trains when an
+    optimizer is given. Stops early when `stop.requested`. Returns (metrics, steps done in the epoch)."""
     training = optimizer is not None
     model.train(training)
     metrics = PretextMetrics()
+    steps_per_epoch = first_step + len(loader)
     stage = "train" if training else "val"
-    progress = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", leave=False, dynamic_ncols=True)
-    for step, (clips, sizes, _, _) in enumerate(progress):
+    progress = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", leave=False, dynamic_ncols=True,
+                    initial=first_step, total=steps_per_epoch)
+    step = first_step
+    for clips, sizes, _, _ in progress:
         inputs = augmenter(*clips_to_device(clips, sizes, device))
         if training:
             loss, scores, shape = train_step(model, optimizer, inputs, device, args.amp)
-            if epoch == args.start_epoch and step == 0:
+            if epoch == 0 and step == 0:
                 writer.add_image("input_clip", make_grid(denormalize(inputs[0].float()), nrow=inputs.shape[1]), epoch)
         else:
             with torch.no_grad():
                 loss, scores, shape = pretext_loss(model, inputs, device, args.amp)
         metrics.update(loss, scores, shape)
-        if (step + 1) % args.print_freq == 0:
+        step += 1
+        if step % args.print_freq == 0:
             summary = metrics.summary()
+            check_finite(summary, epoch, step)
             progress.set_postfix(loss=f"{summary['loss']:.3f}", top1=f"{summary['top1']:.3f}")
             if training:
-                iteration = epoch * len(loader) + step + 1
                 for key, value in summary.items():
-                    writer.add_scalar(f"local/{key}", value, iteration)
-    return metrics.summary()
+                    writer.add_scalar(f"local/{key}", value, epoch * steps_per_epoch + step)
+        if stop is not None and stop.requested:
+            break
+    progress.close()
+    summary = metrics.summary()
+    if summary:
+        check_finite(summary, epoch, step)
+    return summary, step
+
+
+def checkpoint_state(model, optimizer, scheduler, args, epoch: int, step: int, best_acc: float, rng=None) -> dict:
+    """`epoch` epochs are complete and `step` steps of the next one; `rng` holds the states to replay the rest."""
+    return {"kind": model.kind, "model_config": model.config, "epoch": epoch, "step": step,
+            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "best_acc": best_acc, "args": plain(vars(args)), "rng": rng}
 
 
 def train(args: argparse.Namespace) -> Path:
-    seed_everything(args.seed)
     device = resolve_speed_flags(args)
     loaders = build_loaders(args, device)
 
+    torch.manual_seed(args.seed)
     model = CPCTrans(args.net, args.num_seq, args.pred_step, args.attn)
     if args.pretrain:
-        report = load_matching(model, load(args.pretrain)["state_dict"])
-        print(describe_load(report, args.pretrain))
+        print(load_pretrained(model, args.pretrain))
     if args.train_what == "last":
         model.encoder.backbone.requires_grad_(False)
     step_model = prepare_model(model, device, args.compile)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=args.lr, weight_decay=args.wd, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)
+    run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
+    model_dir = run_dir / "model"
 
-    best_acc = 0.0
+    best_acc, start_step, resume_rng = 0.0, 0, None
     if args.resume:
-        state = load(args.resume, "cpc")
+        path = resume_path(args.resume, model_dir)
+        state = load(path, "cpc")
         if state["model_config"] != model.config:
-            raise CheckpointError(f"{args.resume}: was trained with {state['model_config']}, "
+            raise CheckpointError(f"{path}: was trained with {state['model_config']}, "
                                   f"these flags build {model.config}; resume with the same flags")
         model.load_state_dict(state["state_dict"])
         if not args.reset_lr:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-        args.start_epoch = state["epoch"]
+        args.start_epoch, start_step, resume_rng = state["epoch"], state.get("step", 0), state.get("rng")
         best_acc = state["best_acc"]
-        print(f"resumed from {args.resume} at epoch {args.start_epoch}")
+        print(f"resumed from {path} at epoch {args.start_epoch}" + (f", step {start_step}" if start_step else ""))
 
-    run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
-    model_dir = run_dir / "model"
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
-    augmenter = ClipAugment(PRETRAIN, args.img_dim, seed=args.seed)
+    augmenters = {stage: ClipAugment(PRETRAIN, args.img_dim) for stage in ("train", "val")}
     print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile}); "
           f"logs and checkpoints in {run_dir}")
 
-    for epoch in range(args.start_epoch, args.epochs):
-        train_metrics = run_epoch(step_model, loaders["train"], augmenter, optimizer, device, epoch, args,
-                                  writers["train"])
-        val_metrics = run_epoch(step_model, loaders["val"], augmenter, None, device, epoch, args)
-        scheduler.step()
-        for stage, metrics in (("train", train_metrics), ("val", val_metrics)):
-            for key, value in metrics.items():
-                writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
-        is_best = val_metrics["top1"] >= best_acc
-        best_acc = max(best_acc, val_metrics["top1"])
-        path = save_epoch({
-            "kind": model.kind, "model_config": model.config, "epoch": epoch + 1,
-            "iteration": (epoch + 1) * len(loaders["train"]), "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_acc": best_acc,
-            "args": plain(vars(args)),
-        }, model_dir, epoch + 1, is_best)
-        tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {train_metrics['loss']:.4f} "
-                   f"top1 {train_metrics['top1']:.4f}  val loss {val_metrics['loss']:.4f} "
-                   f"top1 {val_metrics['top1']:.4f} top3 {val_metrics['top3']:.4f} top5 {val_metrics['top5']:.4f}"
-                   f"  -> {path.name}")
+    with GracefulStop() as stop:
+        for epoch in range(args.start_epoch, args.epochs):
+            skip = start_step if epoch == args.start_epoch else 0
+            augmenters["train"].reseed(seed_epoch(args.seed, epoch))
+            if skip and resume_rng:
+                torch.set_rng_state(resume_rng["torch"])
+                augmenters["train"].generator.set_state(resume_rng["augment"])
+            loaders["train"].sampler.set_epoch(epoch, skip * args.batch_size)
+            train_metrics, steps = run_epoch(step_model, loaders["train"], augmenters["train"], optimizer, device,
+                                             epoch, args, writers["train"], first_step=skip, stop=stop)
+            if steps < skip + len(loaders["train"]):
+                rng = {"torch": torch.get_rng_state(), "augment": augmenters["train"].generator.get_state()}
+                path = model_dir / f"interrupted_epoch{epoch + 1}_step{steps}.pth.tar"
+                save_atomic(checkpoint_state(model, optimizer, scheduler, args, epoch, steps, best_acc, rng), path)
+                print(f"stopped by {stop.requested} at epoch {epoch + 1}, step {steps}; continue with --resume {path}")
+                return model_dir
+            loaders["val"].sampler.set_epoch(epoch)
+            augmenters["val"].reseed(epoch_seed(args.seed, epoch))
+            val_metrics, _ = run_epoch(step_model, loaders["val"], augmenters["val"], None, device, epoch, args)
+            scheduler.step()
+            for stage, metrics in (("train", train_metrics), ("val", val_metrics)):
+                for key, value in metrics.items():
+                    writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
+            is_best = val_metrics["top1"] >= best_acc
+            best_acc = max(best_acc, val_metrics["top1"])
+            path = save_epoch(checkpoint_state(model, optimizer, scheduler, args, epoch + 1, 0, best_acc),
+                              model_dir, epoch + 1, is_best)
+            tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {train_metrics['loss']:.4f} "
+                       f"top1 {train_metrics['top1']:.4f}  val loss {val_metrics['loss']:.4f} "
+                       f"top1 {val_metrics['top1']:.4f} top3 {val_metrics['top3']:.4f} "
+                       f"top5 {val_metrics['top5']:.4f}  -> {path.name}")
+            if stop.requested:
+                print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
+                return model_dir
     for writer in writers.values():
         writer.close()
     return model_dir
@@ -188,7 +232,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         train(args)
-    except (DataError, CheckpointError, ValueError) as error:
+    except (DataError, CheckpointError, TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {user_error(error)}")
 
 

@@ -1,10 +1,8 @@
-"""What the two training CLIs share: device choice, run folders, seeding, tensorboard and checkpoint rotation."""
+"""What the training and testing CLIs share: device and speed flags, autocast, checkpoint rotation, errors."""
 import argparse
-import random
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from CPCTrans.checkpoint import save_atomic
@@ -24,25 +22,20 @@ def select_device(choice: str, gpu: str) -> torch.device:
     return torch.device("cuda", int(str(gpu).split(",")[0]))
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 def save_epoch(state: dict, model_dir: Path, epoch: int, is_best: bool) -> Path:
-    """Writes epochN.pth.tar (and model_best_epochN.pth.tar); older ones go only after the new ones are complete."""
+    """Writes epochN.pth.tar (and model_best_epochN.pth.tar); older ones, and the checkpoints of interrupted
+    epochs, go only after the new ones are complete."""
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / f"epoch{epoch}.pth.tar"
     save_atomic(state, path)
     if is_best:
         save_atomic(state, model_dir / f"model_best_epoch{epoch}.pth.tar")
     for old in model_dir.glob("*epoch*.pth.tar"):
-        stale_epoch = old.name.startswith("epoch") and old != path
+        stale_epoch = old.name.startswith(("epoch", "interrupted")) and old != path
         stale_best = is_best and old.name.startswith("model_best_epoch") and old.name != f"model_best_epoch{epoch}.pth.tar"
         if stale_epoch or stale_best:
             old.unlink()

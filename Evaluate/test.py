@@ -16,11 +16,12 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment
-from CPCTrans.checkpoint import CheckpointError, describe_load, load, load_matching, plain
+from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, plain
 from CPCTrans.data import ClipDataset, DataError, clips_to_device, make_loader, read_class_names, read_index
 from CPCTrans.encoder import ATTENTION_KINDS
+from CPCTrans.resume import resume_path, seed_epoch
 from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, default_csv_root, prepare_model,
-                              resolve_speed_flags, save_epoch, seed_everything, user_error)
+                              resolve_speed_flags, save_epoch, user_error)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", default=1e-3, type=float)
     parser.add_argument("--wd", default=1e-3, type=float, help="weight decay")
     parser.add_argument("--dropout", default=0.5, type=float)
-    parser.add_argument("--resume", default="", help="finetuning checkpoint to continue")
+    parser.add_argument("--resume", default="", help="finetuning checkpoint to continue, or 'latest' of this run")
     parser.add_argument("--pretrain", default="random", help="pretraining checkpoint, or 'random'")
     parser.add_argument("--test", default="", help="finetuned checkpoint to evaluate")
     parser.add_argument("--epochs", default=300, type=int)
@@ -131,11 +132,11 @@ def run_name(args) -> str:
 
 def finetune(args: argparse.Namespace) -> Path:
     fill_data_flags(args)
-    seed_everything(args.seed)
+    torch.manual_seed(args.seed)
     device = resolve_speed_flags(args)
     csv_root, classes = class_names(args)
     loaders = {stage: make_loader(clip_dataset(csv_root, csv_name, args, len(classes), windows=False),
-                                  args.batch_size, args.workers, stage == "train", device)
+                                  args.batch_size, args.workers, stage == "train", device, args.seed)
                for stage, csv_name in (("train", "train"), ("val", "test"))}
 
     attn = args.attn or "full"
@@ -147,7 +148,7 @@ def finetune(args: argparse.Namespace) -> Path:
             raise CheckpointError(f"{args.pretrain}: was pretrained with --attn {attn}; drop --attn {args.attn}")
     model = VideoClassifier(len(classes), args.net, attn, args.dropout)
     if pretrained is not None:
-        print(describe_load(load_matching(model, pretrained["state_dict"]), args.pretrain))
+        print(load_pretrained(model, args.pretrain, pretrained))
     step_model = prepare_model(model, device, args.compile)
     optimizer = torch.optim.Adam(model.param_groups(args.train_what, args.lr), lr=args.lr, weight_decay=args.wd,
                                  fused=device.type == "cuda")
@@ -156,24 +157,27 @@ def finetune(args: argparse.Namespace) -> Path:
               "dataset": args.dataset, "split": args.split}
 
     best_acc = 0.0
+    run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
     if args.resume:
-        state = load(args.resume, "classifier")
+        path = resume_path(args.resume, run_dir / "model")
+        state = load(path, "classifier")
         model.load_state_dict(state["state_dict"])
         if not args.reset_lr:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         args.start_epoch, best_acc = state["epoch"], state["best_acc"]
-        print(f"resumed from {args.resume} at epoch {args.start_epoch}")
+        print(f"resumed from {path} at epoch {args.start_epoch}")
 
-    run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
-    augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim, seed=args.seed),
-                  "val": ClipAugment(FINETUNE_VAL, args.img_dim, seed=args.seed + 1)}
+    augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim), "val": ClipAugment(FINETUNE_VAL, args.img_dim)}
     print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
           f"compile={args.compile}); logs and checkpoints in {run_dir}")
     for epoch in range(args.start_epoch, args.epochs):
         results = {}
+        seed = seed_epoch(args.seed, epoch)
         for stage in ("train", "val"):
+            loaders[stage].sampler.set_epoch(epoch)
+            augmenters[stage].reseed(seed)
             results[stage] = run_epoch(model, step_model, loaders[stage], augmenters[stage],
                                        optimizer if stage == "train" else None, device, args, epoch, writers[stage])
             for key, value in results[stage].items():
@@ -183,7 +187,7 @@ def finetune(args: argparse.Namespace) -> Path:
         best_acc = max(best_acc, results["val"]["top1"])
         path = save_epoch({
             "kind": model.kind, "model_config": config, "epoch": epoch + 1,
-            "iteration": (epoch + 1) * len(loaders["train"]), "state_dict": model.state_dict(),
+            "step": 0, "state_dict": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_acc": best_acc,
             "args": plain(vars(args)),
         }, run_dir / "model", epoch + 1, is_best)

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from CPCTrans.checkpoint import CheckpointError, load, load_matching, save_atomic
+from CPCTrans.checkpoint import CheckpointError, load, load_matching, load_pretrained, save_atomic
 from CPCTrans.cpc import CPCTrans
 from CPCTrans.runtime import save_epoch
 from Evaluate.classifier import VideoClassifier
@@ -63,3 +63,11 @@ def test_epoch_rotation_keeps_latest_and_best(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch2.pth.tar", "model_best_epoch1.pth.tar"]
     save_epoch(state, tmp_path, 3, is_best=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch3.pth.tar", "model_best_epoch3.pth.tar"]
+
+
+def test_pretrain_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "other.pth.tar"
+    other = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    save_atomic({"kind": "cpc", "state_dict": other.state_dict(), "model_config": {"net": "mlp"}}, path)
+    with pytest.raises(CheckpointError, match="another architecture"):
+        load_pretrained(VideoClassifier(num_classes=3), path)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from CPCTrans.data import (ClipDataset, DataError, VideoRecord, clip_indices, clip_start_range, collate_clips,
-                           read_class_names, read_index, window_starts)
+from CPCTrans.data import (ClipDataset, DataError, EpochSampler, VideoRecord, clip_indices, clip_start_range,
+                           collate_clips, read_class_names, read_index, window_starts)
 
 
 def write_frames(folder, count, height=24, width=32):
@@ -99,3 +99,25 @@ def test_unreadable_frame_names_the_file(tmp_path):
     dataset = ClipDataset([VideoRecord(folder, 6, 0)], num_seq=3, ds=2, windows=True)
     with pytest.raises(DataError, match="image_00001.jpg"):
         dataset[0]
+
+
+def test_epoch_sampler_depends_only_on_seed_and_epoch_and_replays_from_a_skip():
+    sampler = EpochSampler(10, shuffle=True, seed=3)
+    sampler.set_epoch(2)
+    epoch_two = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch_two
+    sampler.set_epoch(2)
+    assert list(sampler) == epoch_two
+    assert sorted(index for index, _ in epoch_two) == list(range(10))
+    sampler.set_epoch(2, skip=4)
+    assert list(sampler) == epoch_two[4:] and len(sampler) == 6
+    assert all(0 <= draw < 1 for _, draw in epoch_two)
+
+
+def test_sampler_draw_chooses_the_clip_start(tmp_path):
+    folder = write_frames(tmp_path / "v", 20)
+    dataset = ClipDataset([VideoRecord(folder, 20, 0)], num_seq=3, ds=2)
+    # 20 frames, clips span 5 frames: starts 0..15; frame k is painted k + 1.
+    assert dataset[(0, 0.0)][0][0, 0, 0, 0] == pytest.approx(1, abs=2)
+    assert dataset[(0, 0.999)][0][0, 0, 0, 0] == pytest.approx(16, abs=2)
