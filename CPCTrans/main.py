@@ -196,11 +196,14 @@ def train(args: argparse.Namespace) -> Path:
             if skip and resume_rng:
                 torch.set_rng_state(resume_rng["torch"])
                 augmenters["train"].generator.set_state(resume_rng["augment"])
+                if resume_rng["cuda"] and device.type == "cuda":
+                    torch.cuda.set_rng_state_all(resume_rng["cuda"])
             loaders["train"].sampler.set_epoch(epoch, skip * args.batch_size)
             train_metrics, steps = run_epoch(step_model, loaders["train"], augmenters["train"], optimizer, device,
                                              epoch, args, writers["train"], first_step=skip, stop=stop)
             if steps < skip + len(loaders["train"]):
-                rng = {"torch": torch.get_rng_state(), "augment": augmenters["train"].generator.get_state()}
+                rng = {"torch": torch.get_rng_state(), "augment": augmenters["train"].generator.get_state(),
+                       "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
                 path = model_dir / f"interrupted_epoch{epoch + 1}_step{steps}.pth.tar"
                 save_atomic(checkpoint_state(model, optimizer, scheduler, args, epoch, steps, best_acc, rng), path)
                 print(f"stopped by {stop.requested} at epoch {epoch + 1}, step {steps}; continue with --resume {path}")

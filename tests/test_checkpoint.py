@@ -71,3 +71,19 @@ def test_pretrain_of_another_architecture_is_refused(tmp_path):
     save_atomic({"kind": "cpc", "state_dict": other.state_dict(), "model_config": {"net": "mlp"}}, path)
     with pytest.raises(CheckpointError, match="another architecture"):
         load_pretrained(VideoClassifier(num_classes=3), path)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "epoch1.pth.tar"
+    save_atomic({"kind": "cpc", "state_dict": {"w": torch.ones(2)}}, path)
+    before = path.read_bytes()
+
+    def disk_full(obj, handle):
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_atomic({"kind": "cpc", "state_dict": {"w": torch.zeros(2)}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch1.pth.tar"]
