@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from tqdm import tqdm
 
 
 class DataError(Exception):
@@ -93,9 +94,14 @@ def decode_frames(paths: list[str]) -> torch.Tensor:
     data = read_frames(paths)
     try:
         frames = decode_jpeg(data, mode=ImageReadMode.RGB)
-    except RuntimeError as error:
-        raise DataError(f"cannot decode one of {paths[0]} .. {paths[-1]} ({error}); "
-                        f"re-extract that video with ProcessData/extract_frame.py") from None
+    except RuntimeError:
+        for path, encoded in zip(paths, data):
+            try:
+                decode_jpeg(encoded, mode=ImageReadMode.RGB)
+            except RuntimeError as error:
+                raise DataError(f"{path}: cannot decode this JPEG ({str(error).strip()}); "
+                                f"re-extract its video with ProcessData/extract_frame.py") from None
+        raise
     return torch.stack(frames)
 
 
@@ -106,12 +112,17 @@ class ClipDataset(Dataset):
     windows=True: every test window of every video, each item tagged with its video's index.
     encoded=True: items carry the JPEG files' bytes (all frames in one tensor, plus each file's length),
     to be decoded on the GPU by `clips_to_device`.
+    replace_bad=True: a clip that cannot be read is replaced by the next readable one, and the
+    item carries what went wrong (training); otherwise the DataError propagates.
     Videos shorter than num_seq * ds frames are left out and counted in `num_skipped`.
+    Items are (frames, label, video index, problems).
     """
 
+    MAX_REPLACEMENTS = 10
+
     def __init__(self, records: list[VideoRecord], num_seq: int, ds: int, windows: bool = False,
-                 encoded: bool = False):
-        self.num_seq, self.ds, self.encoded = num_seq, ds, encoded
+                 encoded: bool = False, replace_bad: bool = False):
+        self.num_seq, self.ds, self.encoded, self.replace_bad = num_seq, ds, encoded, replace_bad
         self.videos = [r for r in records if clip_start_range(r.num_frames, num_seq, ds) > 0]
         self.num_skipped = len(records) - len(self.videos)
         if windows:
@@ -126,6 +137,19 @@ class ClipDataset(Dataset):
     def __getitem__(self, item):
         """`item` is an index, or (index, draw in [0, 1)) from EpochSampler choosing a random clip's start."""
         index, draw = item if isinstance(item, tuple) else (item, None)
+        problems = []
+        while True:
+            try:
+                return (*self._load(index, draw), tuple(problems))
+            except DataError as error:
+                if not self.replace_bad:
+                    raise
+                problems.append(str(error))
+                if len(problems) > self.MAX_REPLACEMENTS:
+                    raise DataError(f"{len(problems)} clips in a row cannot be read, the first: {problems[0]}") from None
+                index = (index + 1) % len(self.items)
+
+    def _load(self, index: int, draw: float | None):
         video, start = self.items[index]
         record = self.videos[video]
         if start is None:
@@ -153,18 +177,19 @@ def stack_padded(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def collate_clips(batch):
-    """-> clips (B, N, 3, H, W) uint8 and sizes (B, 2), labels, video indices.
+    """-> clips (B, N, 3, H, W) uint8 and sizes (B, 2), labels, video indices, the problems of replaced clips.
 
     Encoded clips collate to (all JPEG bytes, lengths (B, N)) and sizes None: two tensors per batch,
     however many frames, so worker-to-main transfers stay cheap.
     """
-    clips, labels, videos = zip(*batch)
+    clips, labels, videos, problems = zip(*batch)
+    problems = [problem for clip_problems in problems for problem in clip_problems]
     if isinstance(clips[0], tuple):
         data = torch.cat([clip[0] for clip in clips])
         lengths = torch.stack([clip[1] for clip in clips])
-        return (data, lengths), None, torch.tensor(labels), torch.tensor(videos)
+        return (data, lengths), None, torch.tensor(labels), torch.tensor(videos), problems
     stacked, sizes = stack_padded(list(clips))
-    return stacked, sizes, torch.tensor(labels), torch.tensor(videos)
+    return stacked, sizes, torch.tensor(labels), torch.tensor(videos), problems
 
 
 def clips_to_device(clips, sizes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +197,12 @@ def clips_to_device(clips, sizes, device: torch.device) -> tuple[torch.Tensor, t
     if not isinstance(clips, tuple):
         return clips.to(device, non_blocking=True), sizes
     data, lengths = clips
-    frames = decode_jpeg(list(torch.split(data, lengths.flatten().tolist())), mode=ImageReadMode.RGB, device=device)
+    try:
+        frames = decode_jpeg(list(torch.split(data, lengths.flatten().tolist())), mode=ImageReadMode.RGB,
+                             device=device)
+    except RuntimeError as error:
+        raise DataError(f"a JPEG of this batch cannot be decoded on the GPU ({str(error).strip()}); "
+                        f"run with --decode cpu to have the file named") from None
     steps = lengths.shape[1]
     return stack_padded([torch.stack(frames[i:i + steps]) for i in range(0, len(frames), steps)])
 
@@ -200,6 +230,22 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, self.size - self.skip)
+
+
+class BadSamples:
+    """Clips replaced during training: each is logged; more than `limit` in a run ends it with the list."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.problems: list[str] = []
+
+    def add(self, problems: list[str]) -> None:
+        for problem in problems:
+            tqdm.write(f"replaced an unreadable clip: {problem}")
+        self.problems += problems
+        if len(self.problems) > self.limit:
+            raise DataError(f"{len(self.problems)} unreadable clips, more than --max_bad_samples {self.limit}: "
+                            + " | ".join(self.problems))
 
 
 def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool, device: torch.device,

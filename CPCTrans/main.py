@@ -16,10 +16,11 @@ from tqdm import tqdm
 from CPCTrans.augment import PRETRAIN, ClipAugment, denormalize
 from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, plain, save_atomic
 from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
-from CPCTrans.data import ClipDataset, DataError, clips_to_device, make_loader, read_class_names, read_index
+from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, make_loader, read_class_names,
+                           read_index)
 from CPCTrans.encoder import ATTENTION_KINDS
 from CPCTrans.resume import GracefulStop, epoch_seed, resume_path, seed_epoch
-from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, default_csv_root, prepare_model,
+from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, check_img_dim, default_csv_root, prepare_model,
                               resolve_speed_flags, save_epoch, user_error)
 
 
@@ -51,7 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--attn", default="full", choices=ATTENTION_KINDS,
                         help="full: the reference; causal: a frame attends to earlier frames only")
     parser.add_argument("--seed", default=0, type=int)
-    return parser.parse_args(argv)
+    parser.add_argument("--max_bad_samples", default=10, type=int,
+                        help="unreadable clips replaced and logged before the run stops")
+    args = parser.parse_args(argv)
+    check_img_dim(parser, args.img_dim)
+    return args
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -68,7 +73,7 @@ def build_loaders(args, device):
     loaders = {}
     for stage, csv_name in (("train", "train"), ("val", "test")):
         records = read_index(csv_root / f"{csv_name}_split{args.split:02d}.csv", num_classes)
-        dataset = ClipDataset(records, args.num_seq, args.ds, encoded=args.decode == "gpu")
+        dataset = ClipDataset(records, args.num_seq, args.ds, encoded=args.decode == "gpu", replace_bad=True)
         if dataset.num_skipped:
             print(f"{stage}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
                   f"num_seq * ds = {args.num_seq * args.ds} frames")
@@ -107,7 +112,8 @@ def check_finite(summary: dict, epoch: int, step: int) -> None:
                                f"epoch was saved, the last epoch checkpoint is intact; lower --lr and resume from it")
 
 
-def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, writer=None, first_step=0, stop=None):
+def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samples, writer=None, first_step=0,
+              stop=None):
     """One pass over `loader`, whose first `first_step` steps were done before a resume; trains when an
     optimizer is given. Stops early when `stop.requested`. Returns (metrics, steps done in the epoch)."""
     training = optimizer is not None
@@ -118,7 +124,9 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, writer=N
     progress = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", leave=False, dynamic_ncols=True,
                     initial=first_step, total=steps_per_epoch)
     step = first_step
-    for clips, sizes, _, _ in progress:
+    for clips, sizes, _, _, problems in progress:
+        if problems:
+            bad_samples.add(problems)
         inputs = augmenter(*clips_to_device(clips, sizes, device))
         if training:
             loss, scores, shape = train_step(model, optimizer, inputs, device, args.amp)
@@ -186,6 +194,7 @@ def train(args: argparse.Namespace) -> Path:
 
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     augmenters = {stage: ClipAugment(PRETRAIN, args.img_dim) for stage in ("train", "val")}
+    bad_samples = BadSamples(args.max_bad_samples)
     print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile}); "
           f"logs and checkpoints in {run_dir}")
 
@@ -200,7 +209,7 @@ def train(args: argparse.Namespace) -> Path:
                     torch.cuda.set_rng_state_all(resume_rng["cuda"])
             loaders["train"].sampler.set_epoch(epoch, skip * args.batch_size)
             train_metrics, steps = run_epoch(step_model, loaders["train"], augmenters["train"], optimizer, device,
-                                             epoch, args, writers["train"], first_step=skip, stop=stop)
+                                             epoch, args, bad_samples, writers["train"], first_step=skip, stop=stop)
             if steps < skip + len(loaders["train"]):
                 rng = {"torch": torch.get_rng_state(), "augment": augmenters["train"].generator.get_state(),
                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
@@ -210,7 +219,8 @@ def train(args: argparse.Namespace) -> Path:
                 return model_dir
             loaders["val"].sampler.set_epoch(epoch)
             augmenters["val"].reseed(epoch_seed(args.seed, epoch))
-            val_metrics, _ = run_epoch(step_model, loaders["val"], augmenters["val"], None, device, epoch, args)
+            val_metrics, _ = run_epoch(step_model, loaders["val"], augmenters["val"], None, device, epoch, args,
+                                       bad_samples)
             scheduler.step()
             for stage, metrics in (("train", train_metrics), ("val", val_metrics)):
                 for key, value in metrics.items():

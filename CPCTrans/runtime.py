@@ -64,6 +64,14 @@ def add_speed_flags(parser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
 
 
+MIN_IMG_DIM = 32  # the trunk downsamples by 32: anything smaller has no feature map left to predict
+
+
+def check_img_dim(parser: argparse.ArgumentParser, img_dim: int | None) -> None:
+    if img_dim is not None and img_dim < MIN_IMG_DIM:
+        parser.error(f"--img_dim {img_dim} is too small: the network needs at least {MIN_IMG_DIM}")
+
+
 def resolve_speed_flags(args) -> torch.device:
     """Fills --amp for the chosen device and checks --decode; returns the device."""
     device = select_device(args.device, args.gpu)

@@ -17,10 +17,11 @@ from tqdm import tqdm
 
 from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment
 from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, plain
-from CPCTrans.data import ClipDataset, DataError, clips_to_device, make_loader, read_class_names, read_index
+from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, make_loader, read_class_names,
+                           read_index)
 from CPCTrans.encoder import ATTENTION_KINDS
 from CPCTrans.resume import resume_path, seed_epoch
-from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, default_csv_root, prepare_model,
+from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, check_img_dim, default_csv_root, prepare_model,
                               resolve_speed_flags, save_epoch, user_error)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
@@ -59,7 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--attn", default=None, choices=ATTENTION_KINDS,
                         help="only for --pretrain random; otherwise taken from the checkpoint")
     parser.add_argument("--seed", default=0, type=int)
-    return parser.parse_args(argv)
+    parser.add_argument("--max_bad_samples", default=10, type=int,
+                        help="unreadable training clips replaced and logged before the run stops")
+    args = parser.parse_args(argv)
+    check_img_dim(parser, args.img_dim)
+    return args
 
 
 def fill_data_flags(args: argparse.Namespace, saved: dict | None = None) -> None:
@@ -75,9 +80,11 @@ def class_names(args) -> tuple[Path, list[str]]:
 
 
 def clip_dataset(csv_root: Path, stage: str, args, num_classes: int, windows: bool) -> ClipDataset:
+    """Training and validation replace unreadable clips; testing (windows) must read every one."""
     path = csv_root / f"{stage}_split{args.split:02d}.csv"
     records = read_index(path, num_classes)
-    dataset = ClipDataset(records, args.num_seq, args.ds, windows=windows, encoded=args.decode == "gpu")
+    dataset = ClipDataset(records, args.num_seq, args.ds, windows=windows, encoded=args.decode == "gpu",
+                          replace_bad=not windows)
     if dataset.num_skipped:
         print(f"{path.name}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
               f"num_seq * ds = {args.num_seq * args.ds} frames")
@@ -86,7 +93,7 @@ def clip_dataset(csv_root: Path, stage: str, args, num_classes: int, windows: bo
     return dataset
 
 
-def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epoch, writer):
+def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epoch, writer, bad_samples):
     """One pass; trains when an optimizer is given. Returns mean loss, top-1 and top-5 over clips.
 
     `step_model` is `model` itself or its compiled version.
@@ -100,7 +107,9 @@ def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epo
     seen = 0
     progress = tqdm(loader, desc=f"{'train' if training else 'val'} epoch {epoch + 1}", leave=False,
                     dynamic_ncols=True)
-    for step, (clips, sizes, labels, _) in enumerate(progress):
+    for step, (clips, sizes, labels, _, problems) in enumerate(progress):
+        if problems:
+            bad_samples.add(problems)
         inputs = augmenter(*clips_to_device(clips, sizes, device))
         labels = labels.to(device, non_blocking=True)
         with torch.set_grad_enabled(training), autocast(device, args.amp):
@@ -170,6 +179,7 @@ def finetune(args: argparse.Namespace) -> Path:
 
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim), "val": ClipAugment(FINETUNE_VAL, args.img_dim)}
+    bad_samples = BadSamples(args.max_bad_samples)
     print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
           f"compile={args.compile}); logs and checkpoints in {run_dir}")
     for epoch in range(args.start_epoch, args.epochs):
@@ -179,7 +189,8 @@ def finetune(args: argparse.Namespace) -> Path:
             loaders[stage].sampler.set_epoch(epoch)
             augmenters[stage].reseed(seed)
             results[stage] = run_epoch(model, step_model, loaders[stage], augmenters[stage],
-                                       optimizer if stage == "train" else None, device, args, epoch, writers[stage])
+                                       optimizer if stage == "train" else None, device, args, epoch, writers[stage],
+                                       bad_samples)
             for key, value in results[stage].items():
                 writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
         scheduler.step()
@@ -225,7 +236,7 @@ def test(args: argparse.Namespace) -> dict:
     windows = torch.zeros(num_videos, device=device)
     loss_sum = torch.zeros((), device=device)
     started = time.perf_counter()
-    for clips, sizes, labels, videos in tqdm(loader, desc="test", dynamic_ncols=True):
+    for clips, sizes, labels, videos, _ in tqdm(loader, desc="test", dynamic_ncols=True):
         inputs = augmenter(*clips_to_device(clips, sizes, device))
         labels, videos = labels.to(device, non_blocking=True), videos.to(device, non_blocking=True)
         with autocast(device, args.amp):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from CPCTrans.data import (ClipDataset, DataError, EpochSampler, VideoRecord, clip_indices, clip_start_range,
+from CPCTrans.data import (BadSamples, ClipDataset, DataError, EpochSampler, VideoRecord, clip_indices, clip_start_range,
                            collate_clips, read_class_names, read_index, window_starts)
 
 
@@ -29,7 +29,7 @@ def test_random_starts_cover_the_whole_range(tmp_path):
     torch.manual_seed(0)
     firsts = set()
     for _ in range(200):
-        clip, _, _ = dataset[0]
+        clip, _, _, _ = dataset[0]
         values = clip[:, 0, 0, 0].int().tolist()
         firsts.add(values[0])
         assert [b - a for a, b in zip(values, values[1:])] == pytest.approx([2, 2], abs=2)
@@ -56,20 +56,20 @@ def test_window_items_decode_the_right_frames(tmp_path):
     folder = write_frames(tmp_path / "v", 40)
     dataset = ClipDataset([VideoRecord(folder, 40, 3)], num_seq=5, ds=3, windows=True)
     assert len(dataset) == 2
-    clip, label, video = dataset[1]
+    clip, label, video, problems = dataset[1]
     assert clip.dtype == torch.uint8 and clip.shape == (5, 3, 24, 32)
-    assert label == 3 and video == 0
+    assert label == 3 and video == 0 and problems == ()
     assert clip[:, 1, 5, 5].int().tolist() == pytest.approx([16, 19, 22, 25, 28], abs=2)
 
 
 def test_collate_pads_frames_of_different_sizes_and_reports_sizes():
     small = torch.full((2, 3, 4, 6), 7, dtype=torch.uint8)
     large = torch.full((2, 3, 5, 8), 9, dtype=torch.uint8)
-    clips, sizes, labels, videos = collate_clips([(small, 0, 0), (large, 1, 1)])
+    clips, sizes, labels, videos, problems = collate_clips([(small, 0, 0, ()), (large, 1, 1, ("bad",))])
     assert clips.shape == (2, 2, 3, 5, 8)
     assert sizes.tolist() == [[4, 6], [5, 8]]
     assert clips[0, :, :, :4, :6].eq(7).all() and clips[0, :, :, 4:].eq(0).all()
-    assert labels.tolist() == [0, 1]
+    assert labels.tolist() == [0, 1] and problems == ["bad"]
 
 
 def test_csv_index_reads_rows_and_names_bad_ones(tmp_path):
@@ -97,8 +97,29 @@ def test_unreadable_frame_names_the_file(tmp_path):
     folder = write_frames(tmp_path / "v", 6)
     (tmp_path / "v" / "image_00003.jpg").write_bytes(b"not a jpeg")
     dataset = ClipDataset([VideoRecord(folder, 6, 0)], num_seq=3, ds=2, windows=True)
-    with pytest.raises(DataError, match="image_00001.jpg"):
+    with pytest.raises(DataError, match="image_00003.jpg: cannot decode"):
         dataset[0]
+
+
+def test_unreadable_clip_is_replaced_and_reported_when_asked(tmp_path):
+    broken = write_frames(tmp_path / "broken", 6)
+    (tmp_path / "broken" / "image_00003.jpg").unlink()
+    good = write_frames(tmp_path / "good", 6)
+    records = [VideoRecord(broken, 6, 0), VideoRecord(good, 6, 1)]
+    dataset = ClipDataset(records, num_seq=3, ds=2, replace_bad=True)
+    clip, label, video, problems = dataset[(0, 0.0)]
+    assert label == 1 and video == 1
+    assert len(problems) == 1 and "image_00003.jpg" in problems[0]
+    nothing_good = ClipDataset([VideoRecord(broken, 6, 0)], num_seq=3, ds=2, replace_bad=True)
+    with pytest.raises(DataError, match="in a row cannot be read"):
+        nothing_good[(0, 0.0)]
+
+
+def test_bad_samples_past_the_limit_stop_with_the_list():
+    bad = BadSamples(limit=1)
+    bad.add(["a.jpg: broken"])
+    with pytest.raises(DataError, match=r"2 unreadable clips, more than --max_bad_samples 1: a.jpg: broken \| b.jpg"):
+        bad.add(["b.jpg: broken"])
 
 
 def test_epoch_sampler_depends_only_on_seed_and_epoch_and_replays_from_a_skip():

@@ -1,4 +1,5 @@
 """Never lose a run: exact resume after an epoch or after SIGTERM mid-epoch, and a NaN loss stops cleanly."""
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,3 +70,39 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(demo_dataset
     assert "the loss is nan" in result.stderr and "Traceback" not in result.stderr
     assert good.read_bytes() == before
     assert not list(tmp_path.glob("log_tmp/*/model/epoch[23].pth.tar"))
+
+
+def dataset_with_a_broken_video(demo_dataset, root):
+    """A copy of the demo CSVs whose first training video has only corrupt frames."""
+    csv_root = root / "csv"
+    shutil.copytree(demo_dataset / "csv", csv_root)
+    rows = (csv_root / "train_split01.csv").read_text().splitlines()
+    folder, frames, label = rows[0].split(",")
+    broken = root / "broken" / Path(folder).name
+    shutil.copytree(folder, broken)
+    for image in broken.iterdir():
+        image.write_bytes(b"\xff\xd8 truncated")
+    rows[0] = f"{broken},{frames},{label}"
+    (csv_root / "train_split01.csv").write_text("\n".join(rows) + "\n")
+    return csv_root, broken
+
+
+def test_unreadable_training_clips_are_replaced_then_stop_the_run_past_the_limit(demo_dataset, tmp_path):
+    csv_root, broken = dataset_with_a_broken_video(demo_dataset, tmp_path)
+    flags = ["--csv_root", csv_root, "--batch_size", "5"]
+    result = subprocess.run(pretrain_command(demo_dataset, tmp_path / "logs", 1, *flags), capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"replaced an unreadable clip: {broken}" in result.stderr + result.stdout
+    strict = subprocess.run(pretrain_command(demo_dataset, tmp_path / "strict", 1, *flags, "--max_bad_samples", 0),
+                            capture_output=True, text=True)
+    assert strict.returncode != 0
+    last_line = strict.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in strict.stderr and last_line.startswith("error: ")
+    assert "more than --max_bad_samples 0" in last_line and str(broken) in last_line
+
+
+def test_too_small_img_dim_is_refused_in_one_line(demo_dataset, tmp_path):
+    result = subprocess.run(pretrain_command(demo_dataset, tmp_path, 1, "--img_dim", "16"), capture_output=True,
+                            text=True)
+    assert result.returncode != 0 and "--img_dim 16 is too small" in result.stderr
