@@ -82,6 +82,15 @@ def describe_load(report: dict[str, list[str]], source: str) -> str:
     return "\n".join(lines)
 
 
+def training_state(model: nn.Module, config: dict, optimizer, scheduler, args, epoch: int, step: int,
+                   best_acc: float, rng: dict | None = None) -> dict:
+    """What a run needs to continue: `epoch` epochs complete, `step` steps into the next one, and
+    with `rng` the random states to replay the rest of it exactly."""
+    return {"kind": model.kind, "model_config": config, "epoch": epoch, "step": step,
+            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "best_acc": best_acc, "args": plain(vars(args)), "rng": rng}
+
+
 def plain(value):
     """Converts flag values (paths and the like) to types weights_only loading accepts."""
     if isinstance(value, (str, int, float, bool)) or value is None:

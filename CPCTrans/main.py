@@ -14,12 +14,12 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from CPCTrans.augment import PRETRAIN, ClipAugment, denormalize
-from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, plain, save_atomic
+from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, training_state
 from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
 from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, make_loader, read_class_names,
                            read_index)
 from CPCTrans.encoder import ATTENTION_KINDS
-from CPCTrans.resume import GracefulStop, epoch_seed, resume_path, seed_epoch
+from CPCTrans.resume import GracefulStop, begin_epoch, epoch_seed, resume_path, rng_snapshot, save_interrupted
 from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, check_img_dim, default_csv_root, prepare_model,
                               resolve_speed_flags, save_epoch, user_error)
 
@@ -153,13 +153,6 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
     return summary, step
 
 
-def checkpoint_state(model, optimizer, scheduler, args, epoch: int, step: int, best_acc: float, rng=None) -> dict:
-    """`epoch` epochs are complete and `step` steps of the next one; `rng` holds the states to replay the rest."""
-    return {"kind": model.kind, "model_config": model.config, "epoch": epoch, "step": step,
-            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "best_acc": best_acc, "args": plain(vars(args)), "rng": rng}
-
-
 def train(args: argparse.Namespace) -> Path:
     device = resolve_speed_flags(args)
     loaders = build_loaders(args, device)
@@ -201,21 +194,13 @@ def train(args: argparse.Namespace) -> Path:
     with GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):
             skip = start_step if epoch == args.start_epoch else 0
-            augmenters["train"].reseed(seed_epoch(args.seed, epoch))
-            if skip and resume_rng:
-                torch.set_rng_state(resume_rng["torch"])
-                augmenters["train"].generator.set_state(resume_rng["augment"])
-                if resume_rng["cuda"] and device.type == "cuda":
-                    torch.cuda.set_rng_state_all(resume_rng["cuda"])
-            loaders["train"].sampler.set_epoch(epoch, skip * args.batch_size)
+            begin_epoch(loaders["train"], augmenters["train"], args.seed, epoch, skip, resume_rng, device)
             train_metrics, steps = run_epoch(step_model, loaders["train"], augmenters["train"], optimizer, device,
                                              epoch, args, bad_samples, writers["train"], first_step=skip, stop=stop)
             if steps < skip + len(loaders["train"]):
-                rng = {"torch": torch.get_rng_state(), "augment": augmenters["train"].generator.get_state(),
-                       "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
-                path = model_dir / f"interrupted_epoch{epoch + 1}_step{steps}.pth.tar"
-                save_atomic(checkpoint_state(model, optimizer, scheduler, args, epoch, steps, best_acc, rng), path)
-                print(f"stopped by {stop.requested} at epoch {epoch + 1}, step {steps}; continue with --resume {path}")
+                rng = rng_snapshot(augmenters["train"], device)
+                save_interrupted(training_state(model, model.config, optimizer, scheduler, args, epoch, steps, best_acc, rng),
+                                 model_dir, stop.requested)
                 return model_dir
             loaders["val"].sampler.set_epoch(epoch)
             augmenters["val"].reseed(epoch_seed(args.seed, epoch))
@@ -227,7 +212,7 @@ def train(args: argparse.Namespace) -> Path:
                     writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
             is_best = val_metrics["top1"] >= best_acc
             best_acc = max(best_acc, val_metrics["top1"])
-            path = save_epoch(checkpoint_state(model, optimizer, scheduler, args, epoch + 1, 0, best_acc),
+            path = save_epoch(training_state(model, model.config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
                               model_dir, epoch + 1, is_best)
             tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {train_metrics['loss']:.4f} "
                        f"top1 {train_metrics['top1']:.4f}  val loss {val_metrics['loss']:.4f} "

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from CPCTrans.checkpoint import CheckpointError
+from CPCTrans.checkpoint import CheckpointError, save_atomic
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -59,3 +59,29 @@ def latest_checkpoint(model_dir: Path) -> Path:
 
 def resume_path(resume: str, model_dir: Path) -> Path:
     return latest_checkpoint(model_dir) if resume == "latest" else Path(resume)
+
+
+def begin_epoch(loader, augmenter, seed: int, epoch: int, skip_steps: int, saved_rng: dict | None,
+                device: torch.device) -> None:
+    """Seeds `epoch` for training; when continuing `skip_steps` into it, restores the RNG states saved at the stop."""
+    augmenter.reseed(seed_epoch(seed, epoch))
+    if skip_steps and saved_rng:
+        torch.set_rng_state(saved_rng["torch"])
+        augmenter.generator.set_state(saved_rng["augment"])
+        if saved_rng["cuda"] and device.type == "cuda":
+            torch.cuda.set_rng_state_all(saved_rng["cuda"])
+    loader.sampler.set_epoch(epoch, skip_steps * loader.batch_size)
+
+
+def rng_snapshot(augmenter, device: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(), "augment": augmenter.generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+
+
+def save_interrupted(state: dict, model_dir: Path, reason: str) -> Path:
+    """Writes the checkpoint of a stop inside an epoch (state['epoch'] complete, state['step'] steps into the next)."""
+    path = model_dir / f"interrupted_epoch{state['epoch'] + 1}_step{state['step']}.pth.tar"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_atomic(state, path)
+    print(f"stopped by {reason} at epoch {state['epoch'] + 1}, step {state['step']}; continue with --resume {path}")
+    return path

@@ -16,11 +16,12 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment
-from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, plain
+from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, training_state
 from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, make_loader, read_class_names,
                            read_index)
 from CPCTrans.encoder import ATTENTION_KINDS
-from CPCTrans.resume import resume_path, seed_epoch
+from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_path, rng_snapshot,
+                             save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, check_img_dim, default_csv_root, prepare_model,
                               resolve_speed_flags, save_epoch, user_error)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
@@ -93,11 +94,11 @@ def clip_dataset(csv_root: Path, stage: str, args, num_classes: int, windows: bo
     return dataset
 
 
-def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epoch, writer, bad_samples):
-    """One pass; trains when an optimizer is given. Returns mean loss, top-1 and top-5 over clips.
-
-    `step_model` is `model` itself or its compiled version.
-    """
+def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epoch, writer, bad_samples,
+              first_step=0, stop=None):
+    """One pass over `loader`, whose first `first_step` steps were done before a resume; trains when an
+    optimizer is given and stops early when `stop.requested`. `step_model` is `model` or its compiled version.
+    Returns ({loss, top1, top5} over the clips seen, steps done in the epoch)."""
     training = optimizer is not None
     if training:
         model.train_mode(args.train_what)
@@ -105,9 +106,11 @@ def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epo
         model.eval()
     totals = torch.zeros(3, device=device)
     seen = 0
+    steps_per_epoch = first_step + len(loader)
     progress = tqdm(loader, desc=f"{'train' if training else 'val'} epoch {epoch + 1}", leave=False,
-                    dynamic_ncols=True)
-    for step, (clips, sizes, labels, _, problems) in enumerate(progress):
+                    dynamic_ncols=True, initial=first_step, total=steps_per_epoch)
+    step = first_step
+    for clips, sizes, labels, _, problems in progress:
         if problems:
             bad_samples.add(problems)
         inputs = augmenter(*clips_to_device(clips, sizes, device))
@@ -122,14 +125,18 @@ def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epo
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
         totals += torch.stack([loss.detach() * len(labels), top5[:, 0].sum(), top5.any(dim=1).sum()])
         seen += len(labels)
-        if (step + 1) % args.print_freq == 0:
+        step += 1
+        if step % args.print_freq == 0:
             loss_mean, top1 = (totals[:2] / seen).tolist()
             progress.set_postfix(loss=f"{loss_mean:.3f}", top1=f"{top1:.3f}")
             if training:
-                writer.add_scalar("local/loss", loss_mean, epoch * len(loader) + step + 1)
-                writer.add_scalar("local/top1", top1, epoch * len(loader) + step + 1)
+                writer.add_scalar("local/loss", loss_mean, epoch * steps_per_epoch + step)
+                writer.add_scalar("local/top1", top1, epoch * steps_per_epoch + step)
+        if stop is not None and stop.requested:
+            break
+    progress.close()
     loss_mean, top1, top5 = (totals / max(seen, 1)).tolist()
-    return {"loss": loss_mean, "top1": top1, "top5": top5}
+    return {"loss": loss_mean, "top1": top1, "top5": top5}, step
 
 
 def run_name(args) -> str:
@@ -165,52 +172,59 @@ def finetune(args: argparse.Namespace) -> Path:
     config = {**model.config, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
               "dataset": args.dataset, "split": args.split}
 
-    best_acc = 0.0
+    best_acc, start_step, resume_rng = 0.0, 0, None
     run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
+    model_dir = run_dir / "model"
     if args.resume:
-        path = resume_path(args.resume, run_dir / "model")
+        path = resume_path(args.resume, model_dir)
         state = load(path, "classifier")
         model.load_state_dict(state["state_dict"])
         if not args.reset_lr:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-        args.start_epoch, best_acc = state["epoch"], state["best_acc"]
-        print(f"resumed from {path} at epoch {args.start_epoch}")
+        args.start_epoch, start_step, resume_rng = state["epoch"], state.get("step", 0), state.get("rng")
+        best_acc = state["best_acc"]
+        print(f"resumed from {path} at epoch {args.start_epoch}" + (f", step {start_step}" if start_step else ""))
 
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim), "val": ClipAugment(FINETUNE_VAL, args.img_dim)}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
           f"compile={args.compile}); logs and checkpoints in {run_dir}")
-    for epoch in range(args.start_epoch, args.epochs):
-        results = {}
-        seed = seed_epoch(args.seed, epoch)
-        for stage in ("train", "val"):
-            loaders[stage].sampler.set_epoch(epoch)
-            augmenters[stage].reseed(seed)
-            results[stage] = run_epoch(model, step_model, loaders[stage], augmenters[stage],
-                                       optimizer if stage == "train" else None, device, args, epoch, writers[stage],
-                                       bad_samples)
-            for key, value in results[stage].items():
-                writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
-        scheduler.step()
-        is_best = results["val"]["top1"] >= best_acc
-        best_acc = max(best_acc, results["val"]["top1"])
-        path = save_epoch({
-            "kind": model.kind, "model_config": config, "epoch": epoch + 1,
-            "step": 0, "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_acc": best_acc,
-            "args": plain(vars(args)),
-        }, run_dir / "model", epoch + 1, is_best)
-        tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {results['train']['loss']:.4f} "
-                   f"top1 {results['train']['top1']:.4f}  val loss {results['val']['loss']:.4f} "
-                   f"top1 {results['val']['top1']:.4f}  -> {path.name}")
+    with GracefulStop() as stop:
+        for epoch in range(args.start_epoch, args.epochs):
+            skip = start_step if epoch == args.start_epoch else 0
+            begin_epoch(loaders["train"], augmenters["train"], args.seed, epoch, skip, resume_rng, device)
+            train_results, steps = run_epoch(model, step_model, loaders["train"], augmenters["train"], optimizer,
+                                             device, args, epoch, writers["train"], bad_samples, skip, stop)
+            if steps < skip + len(loaders["train"]):
+                save_interrupted(training_state(model, config, optimizer, scheduler, args, epoch, steps, best_acc,
+                                                rng_snapshot(augmenters["train"], device)), model_dir, stop.requested)
+                return model_dir
+            loaders["val"].sampler.set_epoch(epoch)
+            augmenters["val"].reseed(epoch_seed(args.seed, epoch))
+            val_results, _ = run_epoch(model, step_model, loaders["val"], augmenters["val"], None, device, args,
+                                       epoch, writers["val"], bad_samples)
+            for stage, results in (("train", train_results), ("val", val_results)):
+                for key, value in results.items():
+                    writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
+            scheduler.step()
+            is_best = val_results["top1"] >= best_acc
+            best_acc = max(best_acc, val_results["top1"])
+            path = save_epoch(training_state(model, config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
+                              model_dir, epoch + 1, is_best)
+            tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {train_results['loss']:.4f} "
+                       f"top1 {train_results['top1']:.4f}  val loss {val_results['loss']:.4f} "
+                       f"top1 {val_results['top1']:.4f}  -> {path.name}")
+            if stop.requested:
+                print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
+                return model_dir
     for writer in writers.values():
         writer.close()
-    best = sorted((run_dir / "model").glob("model_best_epoch*.pth.tar"))
+    best = sorted(model_dir.glob("model_best_epoch*.pth.tar"))
     if best:
         print(f"best checkpoint: {best[-1]}")
-    return run_dir / "model"
+    return model_dir
 
 
 @torch.no_grad()

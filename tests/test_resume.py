@@ -6,19 +6,21 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pretrain_command(demo_dataset, log_root, epochs, *extra):
+def pretrain_command(demo_dataset, log_root, epochs, *extra, script="CPCTrans/main.py"):
     flags = ["--img_dim", "64", "--batch_size", "4", "--workers", "0", "--device", "cpu", "--dataset", "demo",
              "--csv_root", demo_dataset / "csv", "--log_root", log_root, "--epochs", epochs, *extra]
-    return [sys.executable, str(REPO / "CPCTrans" / "main.py"), *map(str, flags)]
+    return [sys.executable, str(REPO / script), *map(str, flags)]
 
 
-def pretrain(demo_dataset, log_root, epochs, *extra):
-    result = subprocess.run(pretrain_command(demo_dataset, log_root, epochs, *extra), capture_output=True, text=True)
+def pretrain(demo_dataset, log_root, epochs, *extra, script="CPCTrans/main.py"):
+    result = subprocess.run(pretrain_command(demo_dataset, log_root, epochs, *extra, script=script),
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -42,10 +44,11 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(demo_dataset, tmp_path)
     assert_same_weights(final_weights(tmp_path / "straight", 2), final_weights(tmp_path / "resumed", 2))
 
 
-def test_sigterm_stops_with_a_checkpoint_and_resume_latest_finishes_exactly(demo_dataset, tmp_path):
-    pretrain(demo_dataset, tmp_path / "straight", 3)
+@pytest.mark.parametrize("script", ["CPCTrans/main.py", "Evaluate/test.py"])
+def test_sigterm_stops_with_a_checkpoint_and_resume_latest_finishes_exactly(demo_dataset, tmp_path, script):
+    pretrain(demo_dataset, tmp_path / "straight", 3, script=script)
     stopped = tmp_path / "stopped"
-    process = subprocess.Popen(pretrain_command(demo_dataset, stopped, 3), stdout=subprocess.PIPE,
+    process = subprocess.Popen(pretrain_command(demo_dataset, stopped, 3, script=script), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(stopped.glob("log_tmp/*/model/epoch1.pth.tar")) and time.monotonic() < deadline:
@@ -56,7 +59,7 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_latest_finishes_exactly(demo
     assert "stopped by SIGTERM" in out and "--resume" in out
     if list(stopped.glob("log_tmp/*/model/epoch3.pth.tar")):
         raise AssertionError("the run finished before the signal arrived; nothing was tested")
-    pretrain(demo_dataset, stopped, 3, "--resume", "latest")
+    pretrain(demo_dataset, stopped, 3, "--resume", "latest", script=script)
     assert_same_weights(final_weights(tmp_path / "straight", 3), final_weights(stopped, 3))
 
 
