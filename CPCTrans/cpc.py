@@ -19,7 +19,8 @@ class CPCTrans(nn.Module):
     def __init__(self, net: str = "resnet18", num_seq: int = 5, pred_step: int = 3, attn: str = "full"):
         super().__init__()
         if not 0 < pred_step < num_seq:
-            raise ValueError(f"--pred_step must be between 1 and --num_seq - 1, got {pred_step} with --num_seq {num_seq}")
+            raise ValueError(f"--pred_step must be between 1 and --num_seq - 1, "
+                             f"got {pred_step} with --num_seq {num_seq}")
         self.config = {"net": net, "num_seq": num_seq, "pred_step": pred_step, "attn": attn}
         self.pred_step = pred_step
         self.encoder = VideoEncoder(net, attn)
@@ -122,5 +123,6 @@ class PretextMetrics:
         wrong = max(sum(picks) - picks[POSITIVE], 1)
         summary = {"loss": float(self.loss_sum) / self.rows}
         summary.update({f"top{k}": acc for k, acc in zip(self.TOPK, hits)})
-        summary.update({f"wrong_{name}": picks[kind] / wrong for kind, name in enumerate(KIND_NAMES) if kind != POSITIVE})
+        summary.update({f"wrong_{name}": picks[kind] / wrong
+                        for kind, name in enumerate(KIND_NAMES) if kind != POSITIVE})
         return summary

@@ -146,7 +146,8 @@ class ClipDataset(Dataset):
                     raise
                 problems.append(str(error))
                 if len(problems) > self.MAX_REPLACEMENTS:
-                    raise DataError(f"{len(problems)} clips in a row cannot be read, the first: {problems[0]}") from None
+                    raise DataError(f"{len(problems)} clips in a row cannot be read, "
+                                    f"the first: {problems[0]}") from None
                 index = (index + 1) % len(self.items)
 
     def _load(self, index: int, draw: float | None):

@@ -69,7 +69,8 @@ def draw(shapes: dict, num_seq: int, pred_step: int) -> np.ndarray:
     _, b = box(canvas, middle, 60, [f"Input clip {fmt(shapes['input'])}",
                                     f"{num_seq} frames, ds apart; augmented on the device"], COLORS["data"])
     arrow(canvas, (middle, b), (middle, b + 30))
-    _, b = box(canvas, middle, b + 30, ["2D ResNet18 trunk, per frame", "stages 64-128-256-256, last block without ReLU",
+    _, b = box(canvas, middle, b + 30, ["2D ResNet18 trunk, per frame",
+                                        "stages 64-128-256-256, last block without ReLU",
                                         f"-> {fmt((shapes['input'][0], num_seq) + shapes['backbone'][1:])}"],
                COLORS["net"])
     arrow(canvas, (middle, b), (middle, b + 30))

@@ -14,12 +14,13 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from CPCTrans.augment import PRETRAIN, ClipAugment, denormalize
-from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, training_state
+from CPCTrans.checkpoint import CheckpointError, load_pretrained, training_state
 from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
 from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, make_loader, read_class_names,
                            read_index)
 from CPCTrans.encoder import ATTENTION_KINDS
-from CPCTrans.resume import GracefulStop, begin_epoch, epoch_seed, resume_path, rng_snapshot, save_interrupted
+from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_training, rng_snapshot,
+                             save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, check_img_dim, default_csv_root, prepare_model,
                               resolve_speed_flags, save_epoch, user_error)
 
@@ -170,20 +171,8 @@ def train(args: argparse.Namespace) -> Path:
     run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
     model_dir = run_dir / "model"
 
-    best_acc, start_step, resume_rng = 0.0, 0, None
-    if args.resume:
-        path = resume_path(args.resume, model_dir)
-        state = load(path, "cpc")
-        if state["model_config"] != model.config:
-            raise CheckpointError(f"{path}: was trained with {state['model_config']}, "
-                                  f"these flags build {model.config}; resume with the same flags")
-        model.load_state_dict(state["state_dict"])
-        if not args.reset_lr:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        args.start_epoch, start_step, resume_rng = state["epoch"], state.get("step", 0), state.get("rng")
-        best_acc = state["best_acc"]
-        print(f"resumed from {path} at epoch {args.start_epoch}" + (f", step {start_step}" if start_step else ""))
+    best_acc, start_step, resume_rng = resume_training(args, model, model.config, optimizer, scheduler,
+                                                       model_dir)
 
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     augmenters = {stage: ClipAugment(PRETRAIN, args.img_dim) for stage in ("train", "val")}
@@ -199,8 +188,8 @@ def train(args: argparse.Namespace) -> Path:
                                              epoch, args, bad_samples, writers["train"], first_step=skip, stop=stop)
             if steps < skip + len(loaders["train"]):
                 rng = rng_snapshot(augmenters["train"], device)
-                save_interrupted(training_state(model, model.config, optimizer, scheduler, args, epoch, steps, best_acc, rng),
-                                 model_dir, stop.requested)
+                state = training_state(model, model.config, optimizer, scheduler, args, epoch, steps, best_acc, rng)
+                save_interrupted(state, model_dir, stop.requested)
                 return model_dir
             loaders["val"].sampler.set_epoch(epoch)
             augmenters["val"].reseed(epoch_seed(args.seed, epoch))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from CPCTrans.checkpoint import CheckpointError, save_atomic
+from CPCTrans.checkpoint import CheckpointError, load, save_atomic
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -85,3 +85,24 @@ def save_interrupted(state: dict, model_dir: Path, reason: str) -> Path:
     save_atomic(state, path)
     print(f"stopped by {reason} at epoch {state['epoch'] + 1}, step {state['step']}; continue with --resume {path}")
     return path
+
+
+def resume_training(args, model, config: dict, optimizer, scheduler, model_dir: Path) -> tuple[float, int, dict | None]:
+    """Loads `--resume` into the model, optimiser (unless --reset_lr) and scheduler and sets args.start_epoch.
+
+    Returns (best accuracy so far, steps already done in the next epoch, RNG states to replay them).
+    """
+    if not args.resume:
+        return 0.0, 0, None
+    path = resume_path(args.resume, model_dir)
+    state = load(path, model.kind)
+    if state["model_config"] != config:
+        raise CheckpointError(f"{path}: was trained with {state['model_config']}, these flags give {config}; "
+                              f"resume with the same flags")
+    model.load_state_dict(state["state_dict"])
+    if not args.reset_lr:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    args.start_epoch, step = state["epoch"], state.get("step", 0)
+    print(f"resumed from {path} at epoch {args.start_epoch}" + (f", step {step}" if step else ""))
+    return state["best_acc"], step, state.get("rng")

@@ -31,12 +31,13 @@ def save_epoch(state: dict, model_dir: Path, epoch: int, is_best: bool) -> Path:
     epochs, go only after the new ones are complete."""
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / f"epoch{epoch}.pth.tar"
+    best_name = f"model_best_epoch{epoch}.pth.tar"
     save_atomic(state, path)
     if is_best:
-        save_atomic(state, model_dir / f"model_best_epoch{epoch}.pth.tar")
+        save_atomic(state, model_dir / best_name)
     for old in model_dir.glob("*epoch*.pth.tar"):
         stale_epoch = old.name.startswith(("epoch", "interrupted")) and old != path
-        stale_best = is_best and old.name.startswith("model_best_epoch") and old.name != f"model_best_epoch{epoch}.pth.tar"
+        stale_best = is_best and old.name.startswith("model_best_epoch") and old.name != best_name
         if stale_epoch or stale_best:
             old.unlink()
     return path

@@ -20,7 +20,7 @@ from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, training
 from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, make_loader, read_class_names,
                            read_index)
 from CPCTrans.encoder import ATTENTION_KINDS
-from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_path, rng_snapshot,
+from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_training, rng_snapshot,
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, check_img_dim, default_csv_root, prepare_model,
                               resolve_speed_flags, save_epoch, user_error)
@@ -172,19 +172,9 @@ def finetune(args: argparse.Namespace) -> Path:
     config = {**model.config, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
               "dataset": args.dataset, "split": args.split}
 
-    best_acc, start_step, resume_rng = 0.0, 0, None
     run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
     model_dir = run_dir / "model"
-    if args.resume:
-        path = resume_path(args.resume, model_dir)
-        state = load(path, "classifier")
-        model.load_state_dict(state["state_dict"])
-        if not args.reset_lr:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        args.start_epoch, start_step, resume_rng = state["epoch"], state.get("step", 0), state.get("rng")
-        best_acc = state["best_acc"]
-        print(f"resumed from {path} at epoch {args.start_epoch}" + (f", step {start_step}" if start_step else ""))
+    best_acc, start_step, resume_rng = resume_training(args, model, config, optimizer, scheduler, model_dir)
 
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim), "val": ClipAugment(FINETUNE_VAL, args.img_dim)}

@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.video_root.is_dir():
-        sys.exit(f"error: {args.video_root}: video folder not found; give --video_root <folder with one folder per class>")
+        sys.exit(f"error: {args.video_root}: video folder not found; "
+                 f"give --video_root <folder with one folder per class>")
     videos = find_videos(args.video_root, args.ext.lstrip("."))
     if not videos:
         sys.exit(f"error: {args.video_root}: no <class>/*.{args.ext} files; check --video_root and --ext")

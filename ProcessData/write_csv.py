@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     (csv_root / "classInd.txt").write_text("".join(f"{i} {name}\n" for i, name in enumerate(classes, 1)))
     for (stage, split), (rows, absent) in tables.items():
         write_split_csv(rows, csv_root / f"{stage}_split{split:02d}.csv")
-        print(f"{stage}_split{split:02d}.csv: {len(rows)} videos" + (f", {len(absent)} without frames" if absent else ""))
+        absent_note = f", {len(absent)} without frames" if absent else ""
+        print(f"{stage}_split{split:02d}.csv: {len(rows)} videos{absent_note}")
     if missing:
         print(f"{len(missing)} listed videos have no frame folder under {frame_root} and were left out:")
         for name in missing[:20]:

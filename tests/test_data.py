@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from CPCTrans.data import (BadSamples, ClipDataset, DataError, EpochSampler, VideoRecord, clip_indices, clip_start_range,
-                           collate_clips, read_class_names, read_index, window_starts)
+from CPCTrans.data import (BadSamples, ClipDataset, DataError, EpochSampler, VideoRecord, clip_indices,
+                           clip_start_range, collate_clips, read_class_names, read_index, window_starts)
 
 
 def write_frames(folder, count, height=24, width=32):
