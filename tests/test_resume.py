@@ -30,23 +30,36 @@ def final_weights(log_root, epochs):
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(demo_dataset, tmp_path_factory):
+    """Final weights of a straight run of `epochs` epochs of `script`, computed once per module."""
+    runs = {}
+
+    def weights(epochs, script="CPCTrans/main.py"):
+        if (epochs, script) not in runs:
+            root = tmp_path_factory.mktemp("straight")
+            pretrain(demo_dataset, root, epochs, script=script)
+            runs[epochs, script] = final_weights(root, epochs)
+        return runs[epochs, script]
+    return weights
+
+
 def assert_same_weights(first, second):
     assert first.keys() == second.keys()
     for name in first:
         assert torch.equal(first[name], second[name]), name
 
 
-def test_resumed_run_ends_with_the_uninterrupted_weights(demo_dataset, tmp_path):
-    pretrain(demo_dataset, tmp_path / "straight", 2)
+def test_resumed_run_ends_with_the_uninterrupted_weights(demo_dataset, tmp_path, uninterrupted):
     pretrain(demo_dataset, tmp_path / "resumed", 1)
     result = pretrain(demo_dataset, tmp_path / "resumed", 2, "--resume", "latest")
     assert "at epoch 1" in result.stdout
-    assert_same_weights(final_weights(tmp_path / "straight", 2), final_weights(tmp_path / "resumed", 2))
+    assert_same_weights(uninterrupted(2), final_weights(tmp_path / "resumed", 2))
 
 
 @pytest.mark.parametrize("script", ["CPCTrans/main.py", "Evaluate/test.py"])
-def test_sigterm_stops_with_a_checkpoint_and_resume_latest_finishes_exactly(demo_dataset, tmp_path, script):
-    pretrain(demo_dataset, tmp_path / "straight", 3, script=script)
+def test_sigterm_stops_with_a_checkpoint_and_resume_latest_finishes_exactly(demo_dataset, tmp_path, script,
+                                                                            uninterrupted):
     stopped = tmp_path / "stopped"
     process = subprocess.Popen(pretrain_command(demo_dataset, stopped, 3, script=script), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -60,7 +73,25 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_latest_finishes_exactly(demo
     if list(stopped.glob("log_tmp/*/model/epoch3.pth.tar")):
         raise AssertionError("the run finished before the signal arrived; nothing was tested")
     pretrain(demo_dataset, stopped, 3, "--resume", "latest", script=script)
-    assert_same_weights(final_weights(tmp_path / "straight", 3), final_weights(stopped, 3))
+    assert_same_weights(uninterrupted(3, script), final_weights(stopped, 3))
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.7])
+def test_sigkill_at_any_moment_then_resume_latest_ends_with_the_same_weights(demo_dataset, tmp_path, delay,
+                                                                            uninterrupted):
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(pretrain_command(demo_dataset, killed, 3), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(killed.glob("log_tmp/*/model/epoch1.pth.tar")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
+    process.kill()
+    process.wait(timeout=60)
+    if list(killed.glob("log_tmp/*/model/epoch3.pth.tar")):
+        raise AssertionError("the run finished before it was killed; nothing was tested")
+    pretrain(demo_dataset, killed, 3, "--resume", "latest")
+    assert_same_weights(uninterrupted(3), final_weights(killed, 3))
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(demo_dataset, tmp_path):
