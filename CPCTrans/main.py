@@ -21,8 +21,8 @@ from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, 
 from CPCTrans.encoder import ATTENTION_KINDS
 from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, check_img_dim, default_csv_root, prepare_model,
-                              resolve_speed_flags, save_epoch, user_error)
+from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, default_csv_root,
+                              prepare_model, resolve_speed_flags, save_epoch, user_error)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,14 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train_what", default="all", choices=["all", "last"],
                         help="last: freeze the ResNet trunk")
     parser.add_argument("--img_dim", default=128, type=int)
-    parser.add_argument("--csv_root", default=None, help="default: ProcessData/data/<dataset>")
-    parser.add_argument("--log_root", default=str(REPO_ROOT / "CPCTrans"))
+    add_run_flags(parser, REPO_ROOT / "CPCTrans")
     add_speed_flags(parser)
     parser.add_argument("--attn", default="full", choices=ATTENTION_KINDS,
                         help="full: the reference; causal: a frame attends to earlier frames only")
-    parser.add_argument("--seed", default=0, type=int)
-    parser.add_argument("--max_bad_samples", default=10, type=int,
-                        help="unreadable clips replaced and logged before the run stops")
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
     return args

@@ -52,6 +52,15 @@ def user_error(error: Exception) -> str:
     return last_line
 
 
+def add_run_flags(parser, log_root: Path) -> None:
+    """Flags of every training CLI for where data and logs are, the seed and tolerance of unreadable clips."""
+    parser.add_argument("--csv_root", default=None, help="default: ProcessData/data/<dataset>")
+    parser.add_argument("--log_root", default=str(log_root), help="logs go to <log_root>/log_<prefix>/")
+    parser.add_argument("--seed", default=0, type=int)
+    parser.add_argument("--max_bad_samples", default=10, type=int,
+                        help="unreadable training clips replaced and logged before the run stops")
+
+
 def add_speed_flags(parser) -> None:
     """Flags of every training and testing CLI that choose where and how fast the work runs."""
     parser.add_argument("--workers", default=4, type=int, help="data loader processes")

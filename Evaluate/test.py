@@ -22,8 +22,8 @@ from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, 
 from CPCTrans.encoder import ATTENTION_KINDS
 from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import (REPO_ROOT, add_speed_flags, autocast, check_img_dim, default_csv_root, prepare_model,
-                              resolve_speed_flags, save_epoch, user_error)
+from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, default_csv_root,
+                              prepare_model, resolve_speed_flags, save_epoch, user_error)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 
@@ -55,14 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train_what", default="ft", choices=TRAIN_WHAT,
                         help="ft: all, encoder at lr/10; all: all at lr; last: linear probe")
     parser.add_argument("--img_dim", default=None, type=int, help="default 128")
-    parser.add_argument("--csv_root", default=None, help="default: ProcessData/data/<dataset>")
-    parser.add_argument("--log_root", default=str(REPO_ROOT / "Evaluate"))
+    add_run_flags(parser, REPO_ROOT / "Evaluate")
     add_speed_flags(parser)
     parser.add_argument("--attn", default=None, choices=ATTENTION_KINDS,
                         help="only for --pretrain random; otherwise taken from the checkpoint")
-    parser.add_argument("--seed", default=0, type=int)
-    parser.add_argument("--max_bad_samples", default=10, type=int,
-                        help="unreadable training clips replaced and logged before the run stops")
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
     return args
