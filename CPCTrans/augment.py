@@ -114,17 +114,46 @@ def sample_params(recipe: Recipe, sizes: torch.Tensor, num_frames: int,
                          factors=factors.expand(*frames, 4), order=order.expand(*frames, 4))
 
 
-def crop_resize(frames: torch.Tensor, boxes: torch.Tensor, frames_per_box: int, size: int) -> torch.Tensor:
-    """Float frames (B*N, 3, H, W), one CPU box per clip -> (B*N, 3, size, size), bilinear.
+def _roi_resize(frames: torch.Tensor, frame_index: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crops box i of frame frame_index[i] (CPU tensors) and resizes it to size x size, bilinear.
 
     Downscaling averages several samples per output pixel, like an antialiased resize.
     """
-    frame_boxes = boxes.to(frames.device, frames.dtype, non_blocking=True).repeat_interleave(frames_per_box, dim=0)
     largest_side = float((boxes[:, 2:] - boxes[:, :2]).max())
     samples = max(1, int(-(-largest_side // size)))
-    rois = torch.cat([torch.arange(len(frame_boxes), device=frames.device, dtype=frames.dtype)[:, None],
-                      frame_boxes], dim=1)
+    rois = torch.cat([frame_index[:, None].to(boxes.dtype), boxes], dim=1)
+    rois = rois.to(frames.device, frames.dtype, non_blocking=True)
     return roi_align(frames, rois, output_size=size, spatial_scale=1.0, sampling_ratio=samples, aligned=True)
+
+
+def crop_resize(frames: torch.Tensor, boxes: torch.Tensor, frames_per_box: int, size: int) -> torch.Tensor:
+    """Float frames (B*N, 3, H, W), one CPU box per clip -> (B*N, 3, size, size)."""
+    return _roi_resize(frames, torch.arange(len(frames)), boxes.repeat_interleave(frames_per_box, dim=0), size)
+
+
+def ten_crop_boxes(sizes: torch.Tensor) -> torch.Tensor:
+    """(B, 5, 4): the four corner squares (top-left, top-right, bottom-left, bottom-right) and the centre one."""
+    side = torch.minimum(torch.full((len(sizes),), CROP_SIZE), sizes.min(dim=1).values).float()
+    right, bottom = sizes[:, 1].float() - side, sizes[:, 0].float() - side
+    zero = torch.zeros_like(side)
+    corners = [torch.stack([x1, y1, x1 + side, y1 + side], dim=1)
+               for y1, x1 in ((zero, zero), (zero, right), (bottom, zero), (bottom, right))]
+    return torch.stack([*corners, _center_boxes(sizes, side)], dim=1)
+
+
+def ten_crop(clips: torch.Tensor, sizes: torch.Tensor, img_dim: int) -> torch.Tensor:
+    """Test-time views: uint8 clips (B, N, 3, H, W) -> normalised (B*10, N, 3, img_dim, img_dim), ordered
+    (clip, view). Views 0-4 are the ten_crop_boxes crops, views 5-9 the same flipped; crop and flip are
+    the same for every frame of a clip."""
+    batch, steps = clips.shape[:2]
+    frames = clips.flatten(0, 1).float().div_(255)
+    boxes = ten_crop_boxes(sizes)
+    # One roi per (clip, view, frame): frame b*N + n with box (b, v).
+    frame_index = (torch.arange(batch)[:, None, None] * steps + torch.arange(steps)[None, None, :]).expand(-1, 5, -1)
+    views = _roi_resize(frames, frame_index.flatten(), boxes[:, :, None].expand(-1, -1, steps, -1).reshape(-1, 4),
+                        img_dim)
+    views = views.view(batch, 5, steps, 3, img_dim, img_dim)
+    return normalize(torch.cat([views, views.flip(-1)], dim=1)).flatten(0, 1)
 
 
 def _blend(image: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -214,9 +243,14 @@ def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recip
     if recipe.jitter is not None:
         frames = color_jitter(frames, params.jitter_on.flatten(), params.factors.flatten(0, 1),
                               params.order.flatten(0, 1))
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 3, 1, 1)
-    return ((frames - mean) / std).view(batch, steps, 3, img_dim, img_dim)
+    return normalize(frames).view(batch, steps, 3, img_dim, img_dim)
+
+
+def normalize(frames: torch.Tensor) -> torch.Tensor:
+    """[0, 1] frames (..., 3, H, W) -> ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=frames.device).view(3, 1, 1)
+    return (frames - mean) / std
 
 
 class ClipAugment:

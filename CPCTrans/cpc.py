@@ -16,14 +16,15 @@ class CPCTrans(nn.Module):
 
     kind = "cpc"
 
-    def __init__(self, net: str = "resnet18", num_seq: int = 5, pred_step: int = 3, attn: str = "full"):
+    def __init__(self, net: str = "resnet18", num_seq: int = 5, pred_step: int = 3, attn: str = "full",
+                 pos_enc: str = "none"):
         super().__init__()
         if not 0 < pred_step < num_seq:
             raise ValueError(f"--pred_step must be between 1 and --num_seq - 1, "
                              f"got {pred_step} with --num_seq {num_seq}")
-        self.config = {"net": net, "num_seq": num_seq, "pred_step": pred_step, "attn": attn}
+        self.config = {"net": net, "num_seq": num_seq, "pred_step": pred_step, "attn": attn, "pos_enc": pos_enc}
         self.pred_step = pred_step
-        self.encoder = VideoEncoder(net, attn)
+        self.encoder = VideoEncoder(net, attn, pos_enc)
         width = self.encoder.width
         self.agg = ConvGRU(width, width)
         self.predictor = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Conv2d(width, width, 1))

@@ -18,7 +18,7 @@ from CPCTrans.checkpoint import CheckpointError, load_pretrained, training_state
 from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
 from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, make_loader, read_class_names,
                            read_index)
-from CPCTrans.encoder import ATTENTION_KINDS
+from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_training, rng_snapshot,
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, default_csv_root,
@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_speed_flags(parser)
     parser.add_argument("--attn", default="full", choices=ATTENTION_KINDS,
                         help="full: the reference; causal: a frame attends to earlier frames only")
+    parser.add_argument("--pos_enc", default="none", choices=POSITION_KINDS,
+                        help="none: the reference; learned or sincos: spatio-temporal position of each token")
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
     return args
@@ -58,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_name(args: argparse.Namespace) -> str:
     name = (f"{args.dataset}-{args.img_dim}_{args.net}_{args.model}_bs{args.batch_size}_lr{args.lr}"
-            f"_seq{args.num_seq}_pred{args.pred_step}_ds{args.ds}_attn-{args.attn}_train-{args.train_what}")
+            f"_seq{args.num_seq}_pred{args.pred_step}_ds{args.ds}_attn-{args.attn}_pos-{args.pos_enc}_train-{args.train_what}")
     if args.pretrain:
         name += "_pt=" + Path(args.pretrain).name
     return name
@@ -155,7 +157,7 @@ def train(args: argparse.Namespace) -> Path:
     loaders = build_loaders(args, device)
 
     torch.manual_seed(args.seed)
-    model = CPCTrans(args.net, args.num_seq, args.pred_step, args.attn)
+    model = CPCTrans(args.net, args.num_seq, args.pred_step, args.attn, args.pos_enc)
     if args.pretrain:
         print(load_pretrained(model, args.pretrain))
     if args.train_what == "last":

@@ -16,10 +16,11 @@ class VideoClassifier(nn.Module):
 
     kind = "classifier"
 
-    def __init__(self, num_classes: int, net: str = "resnet18", attn: str = "full", dropout: float = 0.5):
+    def __init__(self, num_classes: int, net: str = "resnet18", attn: str = "full", pos_enc: str = "none",
+                 dropout: float = 0.5):
         super().__init__()
-        self.config = {"net": net, "num_classes": num_classes, "attn": attn, "dropout": dropout}
-        self.encoder = VideoEncoder(net, attn)
+        self.config = {"net": net, "num_classes": num_classes, "attn": attn, "pos_enc": pos_enc, "dropout": dropout}
+        self.encoder = VideoEncoder(net, attn, pos_enc)
         width = self.encoder.width
         self.agg = ConvGRU(width, width)
         self.final_bn = nn.BatchNorm1d(width)

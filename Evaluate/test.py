@@ -1,8 +1,9 @@
-"""Finetune, linearly probe or test a CPCTrans representation on action classification.
+"""Finetune, linearly probe, test a CPCTrans representation on action classification, or retrieve with it.
 
     python Evaluate/test.py --net resnet18 --dataset ucf101 --batch_size 16 --img_dim 224 \
         --pretrain X.pth.tar --train_what ft --epochs 300 --num_seq 7 --pred_step 3
     python Evaluate/test.py --net resnet18 --dataset ucf101 --batch_size 16 --img_dim 224 --test finetuned.pth.tar
+    python Evaluate/test.py --dataset ucf101 --retrieval X.pth.tar      (nearest-neighbour R@1/5/10/20)
 """
 import argparse
 import json
@@ -15,20 +16,23 @@ from tensorboardX import SummaryWriter
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment
+from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment, ten_crop
 from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, training_state
 from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, make_loader, read_class_names,
                            read_index)
-from CPCTrans.encoder import ATTENTION_KINDS
+from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_training, rng_snapshot,
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, default_csv_root,
                               prepare_model, resolve_speed_flags, save_epoch, user_error)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
+from Evaluate.retrieval import recall_at_k, video_features
 
 # Finetuning defaults; --test takes what it is not given from the checkpoint.
 DATA_DEFAULTS = {"dataset": "ucf101", "split": 1, "num_seq": 5, "ds": 3, "img_dim": 128}
+# The reference's architecture; a checkpoint's model_config overrides it.
+ARCHITECTURE_DEFAULTS = {"attn": "full", "pos_enc": "none"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +51,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", default="", help="finetuning checkpoint to continue, or 'latest' of this run")
     parser.add_argument("--pretrain", default="random", help="pretraining checkpoint, or 'random'")
     parser.add_argument("--test", default="", help="finetuned checkpoint to evaluate")
+    parser.add_argument("--ten_crop", action="store_true",
+                        help="with --test: average ten views of each window (corners and centre, each also flipped)")
+    parser.add_argument("--retrieval", default="",
+                        help="pretraining or finetuned checkpoint, or 'random': test videos query training videos "
+                             "by their features; prints and saves R@1/5/10/20")
     parser.add_argument("--epochs", default=300, type=int)
     parser.add_argument("--start_epoch", default=0, type=int)
     parser.add_argument("--print_freq", default=5, type=int)
@@ -58,7 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_run_flags(parser, REPO_ROOT / "Evaluate")
     add_speed_flags(parser)
     parser.add_argument("--attn", default=None, choices=ATTENTION_KINDS,
-                        help="only for --pretrain random; otherwise taken from the checkpoint")
+                        help="for a random init (default full); otherwise taken from the checkpoint")
+    parser.add_argument("--pos_enc", default=None, choices=POSITION_KINDS,
+                        help="for a random init (default none); otherwise taken from the checkpoint")
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
     return args
@@ -69,6 +80,19 @@ def fill_data_flags(args: argparse.Namespace, saved: dict | None = None) -> None
     for key, default in DATA_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, (saved or {}).get(key, default))
+
+
+def architecture(args: argparse.Namespace, config: dict | None, checkpoint: str) -> dict:
+    """--attn and --pos_enc: a checkpoint's choice when there is one (a conflicting flag is refused), else the
+    flags or the reference's."""
+    chosen = {}
+    for key, default in ARCHITECTURE_DEFAULTS.items():
+        flag = getattr(args, key)
+        saved = config.get(key, default) if config is not None else None
+        if saved is not None and flag and flag != saved:
+            raise CheckpointError(f"{checkpoint}: was trained with --{key} {saved}; drop --{key} {flag}")
+        chosen[key] = saved or flag or default
+    return chosen
 
 
 def class_names(args) -> tuple[Path, list[str]]:
@@ -151,14 +175,9 @@ def finetune(args: argparse.Namespace) -> Path:
                                   args.batch_size, args.workers, stage == "train", device, args.seed)
                for stage, csv_name in (("train", "train"), ("val", "test"))}
 
-    attn = args.attn or "full"
-    pretrained = None
-    if args.pretrain != "random":
-        pretrained = load(args.pretrain, "cpc")
-        attn = pretrained["model_config"]["attn"]
-        if args.attn and args.attn != attn:
-            raise CheckpointError(f"{args.pretrain}: was pretrained with --attn {attn}; drop --attn {args.attn}")
-    model = VideoClassifier(len(classes), args.net, attn, args.dropout)
+    pretrained = load(args.pretrain, "cpc") if args.pretrain != "random" else None
+    model = VideoClassifier(len(classes), args.net, **architecture(args, pretrained and pretrained["model_config"],
+                                                                   args.pretrain), dropout=args.dropout)
     if pretrained is not None:
         print(load_pretrained(model, args.pretrain, pretrained))
     step_model = prepare_model(model, device, args.compile)
@@ -225,11 +244,13 @@ def test(args: argparse.Namespace) -> dict:
                               f"lists {len(classes)}; test on the dataset it was finetuned on")
     dataset = clip_dataset(csv_root, "test", args, len(classes), windows=True)
     loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device)
-    model = VideoClassifier(config["num_classes"], config["net"], config["attn"], config["dropout"])
+    model = VideoClassifier(config["num_classes"], config["net"], **architecture(args, config, args.test),
+                            dropout=config["dropout"])
     model.load_state_dict(state["state_dict"])
     model.eval()
     step_model = prepare_model(model, device, args.compile)
     augmenter = ClipAugment(TEST, args.img_dim)
+    views = 10 if args.ten_crop else 1
 
     num_videos = len(dataset.videos)
     probabilities = torch.zeros(num_videos, len(classes), device=device)
@@ -237,12 +258,14 @@ def test(args: argparse.Namespace) -> dict:
     loss_sum = torch.zeros((), device=device)
     started = time.perf_counter()
     for clips, sizes, labels, videos, _ in tqdm(loader, desc="test", dynamic_ncols=True):
-        inputs = augmenter(*clips_to_device(clips, sizes, device))
+        clips, sizes = clips_to_device(clips, sizes, device)
+        inputs = ten_crop(clips, sizes, args.img_dim) if args.ten_crop else augmenter(clips, sizes)
         labels, videos = labels.to(device, non_blocking=True), videos.to(device, non_blocking=True)
         with autocast(device, args.amp):
             logits = step_model(inputs).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        probabilities.index_add_(0, videos, logits.softmax(dim=1))
+        window_probabilities = logits.softmax(dim=1).view(len(labels), views, -1).mean(dim=1)
+        loss_sum += F.nll_loss(window_probabilities.clamp_min(1e-12).log(), labels, reduction="sum")
+        probabilities.index_add_(0, videos, window_probabilities)
         windows.index_add_(0, videos, torch.ones_like(videos, dtype=windows.dtype))
     probabilities = (probabilities / windows[:, None]).cpu()
     elapsed = time.perf_counter() - started
@@ -252,14 +275,15 @@ def test(args: argparse.Namespace) -> dict:
               "loss": loss_sum.item() / len(dataset), "videos_tested": num_videos,
               "videos_skipped": dataset.num_skipped, "windows": len(dataset), "dataset": args.dataset,
               "split": args.split, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
-              "checkpoint": str(args.test), "videos_per_second": num_videos / elapsed}
+              "ten_crop": args.ten_crop, "checkpoint": str(args.test), "videos_per_second": num_videos / elapsed}
     print(f"Acc top1: {result['top1']:.4f} Acc top5: {result['top5']:.4f}")
     print(f"{num_videos} videos ({len(dataset)} windows) tested, {dataset.num_skipped} skipped, "
           f"{result['videos_per_second']:.1f} videos/s on {device}")
     checkpoint = Path(args.test)
-    json_path = checkpoint.with_name(checkpoint.name + ".test.json")
+    suffix = ".tencrop" if args.ten_crop else ""
+    json_path = checkpoint.with_name(f"{checkpoint.name}.test{suffix}.json")
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    png_path = checkpoint.with_name(checkpoint.name + ".confusion.png")
+    png_path = checkpoint.with_name(f"{checkpoint.name}{suffix}.confusion.png")
     matrix = confusion_matrix(labels, probabilities.argmax(dim=1), len(classes))
     save_confusion_png(matrix, png_path, f"{args.dataset} split {args.split}: top1 {result['top1']:.3f} "
                                          f"(rows true, columns predicted)")
@@ -267,10 +291,53 @@ def test(args: argparse.Namespace) -> dict:
     return result
 
 
+@torch.no_grad()
+def retrieve(args: argparse.Namespace) -> dict:
+    """Nearest-neighbour retrieval with the features of --retrieval: a pretraining or finetuned checkpoint,
+    or a random initialisation (seeded by --seed). Every video's features average its test windows."""
+    state = load(args.retrieval) if args.retrieval != "random" else None
+    saved = {**state.get("args", {}), **state["model_config"]} if state is not None else {}
+    fill_data_flags(args, saved)
+    device = resolve_speed_flags(args)
+    csv_root, classes = class_names(args)
+    torch.manual_seed(args.seed)
+    model = VideoClassifier(len(classes), saved.get("net", args.net),
+                            **architecture(args, state and state["model_config"], args.retrieval))
+    if state is not None:
+        print(load_pretrained(model, args.retrieval, state))
+    step_model = prepare_model(model, device, args.compile)
+    augmenter = ClipAugment(TEST, args.img_dim)
+
+    features, labels = {}, {}
+    for stage in ("train", "test"):
+        dataset = clip_dataset(csv_root, stage, args, len(classes), windows=True)
+        loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device)
+        features[stage] = video_features(step_model, loader, augmenter, device, args.amp, len(dataset.videos),
+                                         desc=f"{stage} features")
+        labels[stage] = torch.tensor([record.label for record in dataset.videos])
+    result = {**recall_at_k(features["train"], labels["train"], features["test"], labels["test"]),
+              "train_videos": len(labels["train"]), "test_videos": len(labels["test"]), "dataset": args.dataset,
+              "split": args.split, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
+              "checkpoint": args.retrieval, **model.config}
+    print("retrieval " + " ".join(f"{key}: {result[key]:.4f}" for key in result if key.startswith("R@")))
+    if state is not None:
+        path = Path(args.retrieval)
+        json_path = path.with_name(path.name + ".retrieval.json")
+    else:
+        json_path = (Path(args.log_root) / f"log_{args.prefix}" /
+                     f"random_attn-{model.config['attn']}_pos-{model.config['pos_enc']}_seed{args.seed}.retrieval.json")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {json_path}")
+    return result
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
-        if args.test:
+        if args.retrieval:
+            retrieve(args)
+        elif args.test:
             test(args)
         else:
             finetune(args)

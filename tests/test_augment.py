@@ -86,6 +86,19 @@ def test_crop_resize_is_exact_without_scaling():
     assert torch.allclose(out, frames[:, :, 5:229, 10:234], atol=1e-5)
 
 
+def test_ten_crop_gives_corners_centre_and_their_mirror_images():
+    clips = torch.stack([textured_clip(frames=2, seed=3), textured_clip(frames=2, seed=4)])
+    sizes = torch.tensor([[240, 320], [240, 320]])
+    views = augment.ten_crop(clips, sizes, 224).view(2, 10, 2, 3, 224, 224)
+    frames = augment.normalize(clips.float() / 255)
+    corners = [frames[..., :224, :224], frames[..., :224, 96:], frames[..., 16:, :224], frames[..., 16:, 96:]]
+    for view, expected in enumerate(corners):
+        assert torch.allclose(views[:, view], expected, atol=1e-4), view
+    centre = apply_params(clips, sample_params(TEST, sizes, 2, generator()), 224, TEST)
+    assert torch.allclose(views[:, 4], centre, atol=1e-4)
+    assert torch.equal(views[:, 5:], views[:, :5].flip(-1))
+
+
 def test_hue_shift_of_a_full_turn_is_identity_and_half_turn_gives_complement():
     image = torch.rand(3, 3, 8, 8)
     assert torch.allclose(augment.adjust_hue(image, torch.ones(3, 1, 1, 1)), image, atol=1e-5)

@@ -45,6 +45,32 @@ def test_full_attention_lets_context_see_the_future_and_causal_does_not():
         assert (difference > 1e-4) == first_frames_move, attn
 
 
+def test_without_position_encoding_swapping_frames_swaps_outputs_and_with_it_does_not():
+    """No positional encoding + full attention is permutation-equivariant: the reason the reference's
+    context cannot tell its predicted steps apart. Either encoding breaks that symmetry."""
+    torch.manual_seed(0)
+    clips = torch.randn(1, 4, 3, 64, 64)
+    swapped = clips[:, [1, 0, 2, 3]]
+    for pos_enc, equivariant in (("none", True), ("learned", False), ("sincos", False)):
+        encoder = VideoEncoder(pos_enc=pos_enc).eval()
+        with torch.no_grad():
+            difference = (encoder(clips)[:, [1, 0, 2, 3]] - encoder(swapped)).abs().max()
+        assert (difference < 1e-4) == equivariant, pos_enc
+
+
+def test_learned_position_tables_pass_from_pretraining_to_the_classifier():
+    pretrained = CPCTrans(pos_enc="learned").state_dict()
+    classifier = VideoClassifier(num_classes=5, pos_enc="learned")
+    assert {"encoder.position.frame", "encoder.position.row", "encoder.position.column"} <= set(pretrained)
+    assert set(pretrained) & set(classifier.state_dict()) >= {"encoder.position.frame"}
+
+
+def test_sincos_positions_are_distinct_for_every_token():
+    positions = VideoEncoder(pos_enc="sincos").position(5, 7, 7, torch.device("cpu")).reshape(-1, 256)
+    distances = torch.cdist(positions, positions) + torch.eye(len(positions)) * 1e3
+    assert distances.min() > 0.1
+
+
 def test_cpc_predicts_pred_step_maps_and_classifier_gives_logits():
     model = CPCTrans(num_seq=5, pred_step=3)
     predictions, targets = model(torch.randn(2, 5, 3, 64, 64))

@@ -41,7 +41,8 @@ def test_pretraining_writes_checkpoints_and_curves(pretrained):
     assert sorted(p.name for p in model_dir.iterdir()) == ["epoch1.pth.tar", "model_best_epoch1.pth.tar"]
     state = torch.load(model_dir / "epoch1.pth.tar", weights_only=True)
     assert state["kind"] == "cpc" and state["epoch"] == 1
-    assert state["model_config"] == {"net": "resnet18", "num_seq": 5, "pred_step": 3, "attn": "full"}
+    assert state["model_config"] == {"net": "resnet18", "num_seq": 5, "pred_step": 3, "attn": "full",
+                                   "pos_enc": "none"}
     assert list(model_dir.parent.glob("img/train/events.out.tfevents.*"))
     assert "epoch 1/1" in result.stderr + result.stdout
 
@@ -81,6 +82,49 @@ def test_finetune_then_test_writes_accuracy_json_and_confusion_png(pretrained, d
     assert (report["dataset"], report["split"], report["num_seq"], report["img_dim"]) == ("demo", 1, 5, 64)
     png = cv2.imread(str(finetuned.with_name(finetuned.name + ".confusion.png")))
     assert png is not None and png.shape[0] > 100
+
+    ten_crop = cli("Evaluate/test.py", "--test", finetuned, "--ten_crop", "--csv_root", demo_dataset / "csv",
+                   "--workers", 1, "--device", "cpu", cwd=tmp_path)
+    assert ten_crop.returncode == 0, ten_crop.stderr
+    report = json.loads(finetuned.with_name(finetuned.name + ".test.tencrop.json").read_text())
+    assert report["ten_crop"] is True and report["videos_tested"] == 5
+    assert finetuned.with_name(finetuned.name + ".tencrop.confusion.png").is_file()
+
+
+def test_retrieval_reports_recall_for_a_checkpoint_and_for_random_init(pretrained, demo_dataset, tmp_path):
+    logs, _ = pretrained
+    checkpoint = only(logs.glob("log_tmp/*/model/model_best_epoch*.pth.tar"))
+    # The checkpoint brings its data flags (img_dim 64); a random init is given them.
+    for source, flags in ((checkpoint, []), ("random", ["--img_dim", 64, "--num_seq", 5])):
+        result = cli("Evaluate/test.py", "--retrieval", source, *flags, "--csv_root", demo_dataset / "csv",
+                     "--workers", 1, "--device", "cpu", "--log_root", tmp_path, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        json_path = (checkpoint.with_name(checkpoint.name + ".retrieval.json") if source == checkpoint else
+                     only(tmp_path.glob("log_tmp/random_attn-full_pos-none_seed0.retrieval.json")))
+        report = json.loads(json_path.read_text())
+        recalls = [report[f"R@{k}"] for k in (1, 5, 10, 20)]
+        line = only(line for line in result.stdout.splitlines() if line.startswith("retrieval R@1"))
+        assert line == "retrieval " + " ".join(f"R@{k}: {r:.4f}" for k, r in zip((1, 5, 10, 20), recalls))
+        # 5 test videos query 10 training videos holding every class: the 10 nearest always hit.
+        assert recalls == sorted(recalls) and recalls[2:] == [1.0, 1.0]
+        assert (report["train_videos"], report["test_videos"], report["img_dim"]) == (10, 5, 64)
+
+
+def test_attention_and_position_choices_travel_from_pretraining_to_finetuning(demo_dataset, tmp_path):
+    pretrain_logs, finetune_logs = tmp_path / "pretrain", tmp_path / "finetune"
+    result = cli("CPCTrans/main.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--attn", "causal",
+                 "--pos_enc", "sincos", "--log_root", pretrain_logs, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    checkpoint = only(pretrain_logs.glob("log_tmp/*/model/epoch1.pth.tar"))
+    refused = cli("Evaluate/test.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--pretrain",
+                  checkpoint, "--pos_enc", "learned", "--log_root", finetune_logs, cwd=tmp_path)
+    assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0
+    assert "--pos_enc sincos" in refused.stderr and str(checkpoint) in refused.stderr
+    result = cli("Evaluate/test.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--pretrain",
+                 checkpoint, "--train_what", "last", "--log_root", finetune_logs, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    finetuned = torch.load(only(finetune_logs.glob("log_tmp/*/model/epoch1.pth.tar")), weights_only=True)
+    assert (finetuned["model_config"]["attn"], finetuned["model_config"]["pos_enc"]) == ("causal", "sincos")
 
 
 def test_test_refuses_a_pretraining_checkpoint_in_one_line(pretrained, demo_dataset, tmp_path):

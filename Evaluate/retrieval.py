@@ -1,0 +1,40 @@
+"""Nearest-neighbour video retrieval, as CoCLR and MemDPC report it: test videos query training videos."""
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from CPCTrans.data import clips_to_device
+from CPCTrans.runtime import autocast
+
+RECALL_AT = (1, 5, 10, 20)
+
+
+@torch.no_grad()
+def video_features(model, loader, augmenter, device: torch.device, amp: bool, num_videos: int,
+                   desc: str = "features") -> torch.Tensor:
+    """(num_videos, C) on the CPU: each video's classifier input (model.features) averaged over its windows."""
+    model.eval()
+    sums = None
+    windows = torch.zeros(num_videos, device=device)
+    for clips, sizes, _, videos, _ in tqdm(loader, desc=desc, dynamic_ncols=True, leave=False):
+        inputs = augmenter(*clips_to_device(clips, sizes, device))
+        videos = videos.to(device, non_blocking=True)
+        with autocast(device, amp):
+            features = model.features(inputs).float()
+        if sums is None:
+            sums = torch.zeros(num_videos, features.shape[1], device=device)
+        sums.index_add_(0, videos, features)
+        windows.index_add_(0, videos, torch.ones_like(videos, dtype=windows.dtype))
+    return (sums / windows[:, None]).cpu()
+
+
+def recall_at_k(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                test_labels: torch.Tensor, ks=RECALL_AT) -> dict[str, float]:
+    """R@k: the share of test videos with a same-class video among their k nearest training videos (cosine
+    similarity after centring both sets on the training mean)."""
+    centre = train_features.mean(dim=0)
+    gallery = F.normalize(train_features - centre, dim=1)
+    queries = F.normalize(test_features - centre, dim=1)
+    nearest = (queries @ gallery.t()).topk(min(max(ks), len(gallery)), dim=1).indices
+    hits = train_labels[nearest] == test_labels[:, None]
+    return {f"R@{k}": hits[:, :k].any(dim=1).float().mean().item() for k in ks}
