@@ -24,6 +24,7 @@ from CPCTrans.augment import PRETRAIN, ClipAugment
 from CPCTrans.cpc import CPCTrans
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, make_loader
 from CPCTrans.main import train_step
+from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.runtime import add_speed_flags, prepare_model, resolve_speed_flags
 from ProcessData.make_demo import CLASSES, camera_video
 
@@ -115,16 +116,15 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     model_s = median_seconds(lambda: train_step(step_model, optimizer, inputs, device, args.amp),
                              args.steps, args.warmup, device)
     augment_s = median_seconds(lambda: augmenter(raw, sizes), args.steps, args.warmup, device)
-    batches = endless(loader)
-    loader_s = throughput_seconds(batches, lambda batch: clips_to_device(batch[0], batch[1], device),
+    loader_s = throughput_seconds(endless(loader), lambda batch: clips_to_device(batch[0], batch[1], device),
                                   args.steps, args.warmup, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    def full_step(batch):
-        train_step(step_model, optimizer, augmenter(*clips_to_device(batch[0], batch[1], device)), device, args.amp)
-
-    end_to_end_s = throughput_seconds(batches, full_step, args.steps, args.warmup, device)
+    # As in training: batches copied and augmented --prefetch steps ahead, one pass over the loader.
+    with DeviceBatches(loader, augmenter, device, args.prefetch, augmenter.generator) as batches:
+        end_to_end_s = throughput_seconds(batches, lambda batch: train_step(step_model, optimizer, batch.inputs,
+                                                                            device, args.amp),
+                                          args.steps, args.warmup, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     per_second = {name: args.batch_size / seconds for name, seconds in
                   (("model_step", model_s), ("augment", augment_s), ("loader", loader_s), ("end_to_end", end_to_end_s))}
@@ -132,6 +132,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "img_dim": args.img_dim, "batch_size": args.batch_size, "num_seq": args.num_seq, "pred_step": args.pred_step,
         "amp": args.amp, "compile": args.compile, "decode": args.decode, "workers": args.workers,
+        "prefetch": args.prefetch,
         **{f"{name}_clips_per_s": round(value, 1) for name, value in per_second.items()},
         "peak_gpu_memory_gib": None if peak is None else round(peak, 3),
         "end_to_end_over_model_step": round(per_second["end_to_end"] / per_second["model_step"], 3),
@@ -141,7 +142,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
 def print_table(result: dict) -> None:
     print(f"device {result['device']}: batch {result['batch_size']}, {result['img_dim']}px, "
           f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, decode={result['decode']}, "
-          f"{result['workers']} workers")
+          f"{result['workers']} workers, prefetch {result['prefetch']}")
     print("| what | clips/s |\n|---|---|")
     for name in ("model_step", "augment", "loader", "end_to_end"):
         print(f"| {name.replace('_', ' ')} | {result[f'{name}_clips_per_s']:.1f} |")

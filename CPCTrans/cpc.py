@@ -32,7 +32,7 @@ class CPCTrans(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clips (B, N, 3, H, W) -> (predictions, targets), each (B, pred_step, C, h, w)."""
-        features = self.encoder(clips)
+        features = self.encoder(clips, predicted=self.pred_step)
         context_steps = features.shape[1] - self.pred_step
         targets = features[:, context_steps:]
         hidden = self.agg(torch.relu(features[:, :context_steps]))[:, -1]

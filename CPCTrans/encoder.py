@@ -7,7 +7,7 @@ from torch import nn
 from CPCTrans.backbone import build_backbone
 from CPCTrans.convgru import init_orthogonal
 
-ATTENTION_KINDS = ("full", "causal")
+ATTENTION_KINDS = ("full", "causal", "split")
 POSITION_KINDS = ("none", "learned", "sincos")
 MAX_FRAMES = 64  # longest clip a learned temporal table covers
 MAX_SIDE = 64  # largest feature map side a learned spatial table covers (img_dim 2048)
@@ -63,6 +63,9 @@ class VideoEncoder(nn.Module):
 
     Every spatial position of every frame is one token. With attn="full" (the reference) every
     token sees every frame; with attn="causal" a token sees its own and earlier frames only.
+    attn="split" is causal over the context frames, while each of the last `predicted` frames (the
+    pretext's targets) sees only itself: no target carries a copy of the context it is predicted
+    from. With nothing to predict (the classifier) it is causal.
     With pos_enc="none" (the reference) the Transformer cannot tell tokens' positions apart.
     """
 
@@ -97,7 +100,7 @@ class VideoEncoder(nn.Module):
         maps = self.backbone(frames)
         return maps.view(batch, steps, *maps.shape[1:])
 
-    def forward(self, clips: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
+    def forward(self, clips: torch.Tensor, relu_input: bool = False, predicted: int = 0) -> torch.Tensor:
         maps = self.frame_features(clips)
         if relu_input:
             maps = torch.relu(maps)
@@ -106,12 +109,19 @@ class VideoEncoder(nn.Module):
         if self.position is not None:
             tokens = tokens + self.position(steps, height, width, tokens.device).to(tokens.dtype)
         tokens = tokens.reshape(batch, steps * height * width, channels)
-        mask = self._frame_causal_mask(steps, height * width, tokens.device) if self.attn == "causal" else None
+        mask = self._frame_mask(steps, height * width, predicted, tokens.device)
         tokens = self.transformer(tokens, mask=mask)
         return tokens.view(batch, steps, height, width, channels).permute(0, 1, 4, 2, 3)
 
-    @staticmethod
-    def _frame_causal_mask(steps: int, tokens_per_frame: int, device: torch.device) -> torch.Tensor:
-        """Boolean mask, True where attention is forbidden: keys from later frames than the query."""
-        frame_of_token = torch.arange(steps, device=device).repeat_interleave(tokens_per_frame)
-        return frame_of_token[None, :] > frame_of_token[:, None]
+    def _frame_mask(self, steps: int, tokens_per_frame: int, predicted: int,
+                    device: torch.device) -> torch.Tensor | None:
+        """Boolean (tokens, tokens) mask, True where a query token may not attend to a key token; None for full."""
+        if self.attn == "full":
+            return None
+        frame = torch.arange(steps, device=device).repeat_interleave(tokens_per_frame)
+        query, key = frame[:, None], frame[None, :]
+        forbidden = key > query
+        if self.attn == "split":
+            first_target = steps - predicted
+            forbidden |= (query >= first_target) & (key != query)
+        return forbidden

@@ -16,9 +16,9 @@ from tqdm import tqdm
 from CPCTrans.augment import PRETRAIN, ClipAugment, denormalize
 from CPCTrans.checkpoint import CheckpointError, load_pretrained, training_state
 from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
-from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, make_loader, read_class_names,
-                           read_index)
+from CPCTrans.data import BadSamples, ClipDataset, DataError, make_loader, read_class_names, read_index
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
+from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_training, rng_snapshot,
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, default_csv_root,
@@ -50,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_run_flags(parser, REPO_ROOT / "CPCTrans")
     add_speed_flags(parser)
     parser.add_argument("--attn", default="full", choices=ATTENTION_KINDS,
-                        help="full: the reference; causal: a frame attends to earlier frames only")
+                        help="full: the reference; causal: a frame attends to its own and earlier frames; split: "
+                             "causal over the context, each predicted frame attends to itself only")
     parser.add_argument("--pos_enc", default="none", choices=POSITION_KINDS,
                         help="none: the reference; learned or sincos: spatio-temporal position of each token")
     args = parser.parse_args(argv)
@@ -120,31 +121,33 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
     metrics = PretextMetrics()
     steps_per_epoch = first_step + len(loader)
     stage = "train" if training else "val"
-    progress = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", leave=False, dynamic_ncols=True,
+    batches = DeviceBatches(loader, augmenter, device, args.prefetch, augmenter.generator)
+    progress = tqdm(batches, desc=f"{stage} epoch {epoch + 1}", leave=False, dynamic_ncols=True,
                     initial=first_step, total=steps_per_epoch)
     step = first_step
-    for clips, sizes, _, _, problems in progress:
-        if problems:
-            bad_samples.add(problems)
-        inputs = augmenter(*clips_to_device(clips, sizes, device))
-        if training:
-            loss, scores, shape = train_step(model, optimizer, inputs, device, args.amp)
-            if epoch == 0 and step == 0:
-                writer.add_image("input_clip", make_grid(denormalize(inputs[0].float()), nrow=inputs.shape[1]), epoch)
-        else:
-            with torch.no_grad():
-                loss, scores, shape = pretext_loss(model, inputs, device, args.amp)
-        metrics.update(loss, scores, shape)
-        step += 1
-        if step % args.print_freq == 0:
-            summary = metrics.summary()
-            check_finite(summary, epoch, step)
-            progress.set_postfix(loss=f"{summary['loss']:.3f}", top1=f"{summary['top1']:.3f}")
+    with batches:
+        for batch in progress:
+            if batch.problems:
+                bad_samples.add(batch.problems)
             if training:
-                for key, value in summary.items():
-                    writer.add_scalar(f"local/{key}", value, epoch * steps_per_epoch + step)
-        if stop is not None and stop.requested:
-            break
+                loss, scores, shape = train_step(model, optimizer, batch.inputs, device, args.amp)
+            else:
+                with torch.no_grad():
+                    loss, scores, shape = pretext_loss(model, batch.inputs, device, args.amp)
+            if training and epoch == 0 and step == 0:
+                writer.add_image("input_clip", make_grid(denormalize(batch.inputs[0].float()),
+                                                         nrow=batch.inputs.shape[1]), epoch)
+            metrics.update(loss, scores, shape)
+            step += 1
+            if step % args.print_freq == 0:
+                summary = metrics.summary()
+                check_finite(summary, epoch, step)
+                progress.set_postfix(loss=f"{summary['loss']:.3f}", top1=f"{summary['top1']:.3f}")
+                if training:
+                    for key, value in summary.items():
+                        writer.add_scalar(f"local/{key}", value, epoch * steps_per_epoch + step)
+            if stop is not None and stop.requested:
+                break
     progress.close()
     summary = metrics.summary()
     if summary:

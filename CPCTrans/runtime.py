@@ -72,6 +72,9 @@ def add_speed_flags(parser) -> None:
                         help="where JPEGs are decoded: in the loader workers (cpu) or batched with nvJPEG (gpu; "
                              "its pixels differ from libjpeg's, see README)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--prefetch", default=None, type=int,
+                        help="batches copied and augmented ahead in a background thread (default: 2 on CUDA, "
+                             "0 on the CPU, where the step and the thread would share the same cores)")
 
 
 MIN_IMG_DIM = 32  # the trunk downsamples by 32: anything smaller has no feature map left to predict
@@ -83,10 +86,12 @@ def check_img_dim(parser: argparse.ArgumentParser, img_dim: int | None) -> None:
 
 
 def resolve_speed_flags(args) -> torch.device:
-    """Fills --amp for the chosen device and checks --decode; returns the device."""
+    """Fills --amp and --prefetch for the chosen device and checks --decode; returns the device."""
     device = select_device(args.device, args.gpu)
     if args.amp is None:
         args.amp = device.type == "cuda"
+    if args.prefetch is None:
+        args.prefetch = 2 if device.type == "cuda" else 0
     if args.decode == "gpu" and device.type != "cuda":
         raise SystemExit("--decode gpu needs a CUDA device; use --decode cpu")
     return device

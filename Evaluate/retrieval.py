@@ -3,28 +3,26 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from CPCTrans.data import clips_to_device
 from CPCTrans.runtime import autocast
 
 RECALL_AT = (1, 5, 10, 20)
 
 
 @torch.no_grad()
-def video_features(model, loader, augmenter, device: torch.device, amp: bool, num_videos: int,
+def video_features(model, batches, device: torch.device, amp: bool, num_videos: int,
                    desc: str = "features") -> torch.Tensor:
-    """(num_videos, C) on the CPU: each video's classifier input (model.features) averaged over its windows."""
+    """(num_videos, C) on the CPU: each video's classifier input (model.features) averaged over its windows.
+    `batches` yields DeviceBatch (CPCTrans.prefetch)."""
     model.eval()
     sums = None
     windows = torch.zeros(num_videos, device=device)
-    for clips, sizes, _, videos, _ in tqdm(loader, desc=desc, dynamic_ncols=True, leave=False):
-        inputs = augmenter(*clips_to_device(clips, sizes, device))
-        videos = videos.to(device, non_blocking=True)
+    for batch in tqdm(batches, desc=desc, dynamic_ncols=True, leave=False):
         with autocast(device, amp):
-            features = model.features(inputs).float()
+            features = model.features(batch.inputs).float()
         if sums is None:
             sums = torch.zeros(num_videos, features.shape[1], device=device)
-        sums.index_add_(0, videos, features)
-        windows.index_add_(0, videos, torch.ones_like(videos, dtype=windows.dtype))
+        sums.index_add_(0, batch.videos, features)
+        windows.index_add_(0, batch.videos, torch.ones_like(batch.videos, dtype=windows.dtype))
     return (sums / windows[:, None]).cpu()
 
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,9 +19,9 @@ from tqdm import tqdm
 
 from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment, ten_crop
 from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, training_state
-from CPCTrans.data import (BadSamples, ClipDataset, DataError, clips_to_device, make_loader, read_class_names,
-                           read_index)
+from CPCTrans.data import BadSamples, ClipDataset, DataError, make_loader, read_class_names, read_index
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
+from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_training, rng_snapshot,
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, default_csv_root,
@@ -127,33 +128,34 @@ def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epo
     totals = torch.zeros(3, device=device)
     seen = 0
     steps_per_epoch = first_step + len(loader)
-    progress = tqdm(loader, desc=f"{'train' if training else 'val'} epoch {epoch + 1}", leave=False,
+    batches = DeviceBatches(loader, augmenter, device, args.prefetch, augmenter.generator)
+    progress = tqdm(batches, desc=f"{'train' if training else 'val'} epoch {epoch + 1}", leave=False,
                     dynamic_ncols=True, initial=first_step, total=steps_per_epoch)
     step = first_step
-    for clips, sizes, labels, _, problems in progress:
-        if problems:
-            bad_samples.add(problems)
-        inputs = augmenter(*clips_to_device(clips, sizes, device))
-        labels = labels.to(device, non_blocking=True)
-        with torch.set_grad_enabled(training), autocast(device, args.amp):
-            logits = step_model(inputs).float()
-            loss = F.cross_entropy(logits, labels)
-        if training:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
-        totals += torch.stack([loss.detach() * len(labels), top5[:, 0].sum(), top5.any(dim=1).sum()])
-        seen += len(labels)
-        step += 1
-        if step % args.print_freq == 0:
-            loss_mean, top1 = (totals[:2] / seen).tolist()
-            progress.set_postfix(loss=f"{loss_mean:.3f}", top1=f"{top1:.3f}")
+    with batches:
+        for batch in progress:
+            if batch.problems:
+                bad_samples.add(batch.problems)
+            labels = batch.labels
+            with torch.set_grad_enabled(training), autocast(device, args.amp):
+                logits = step_model(batch.inputs).float()
+                loss = F.cross_entropy(logits, labels)
             if training:
-                writer.add_scalar("local/loss", loss_mean, epoch * steps_per_epoch + step)
-                writer.add_scalar("local/top1", top1, epoch * steps_per_epoch + step)
-        if stop is not None and stop.requested:
-            break
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
+            totals += torch.stack([loss.detach() * len(labels), top5[:, 0].sum(), top5.any(dim=1).sum()])
+            seen += len(labels)
+            step += 1
+            if step % args.print_freq == 0:
+                loss_mean, top1 = (totals[:2] / seen).tolist()
+                progress.set_postfix(loss=f"{loss_mean:.3f}", top1=f"{top1:.3f}")
+                if training:
+                    writer.add_scalar("local/loss", loss_mean, epoch * steps_per_epoch + step)
+                    writer.add_scalar("local/top1", top1, epoch * steps_per_epoch + step)
+            if stop is not None and stop.requested:
+                break
     progress.close()
     loss_mean, top1, top5 = (totals / max(seen, 1)).tolist()
     return {"loss": loss_mean, "top1": top1, "top5": top5}, step
@@ -249,24 +251,22 @@ def test(args: argparse.Namespace) -> dict:
     model.load_state_dict(state["state_dict"])
     model.eval()
     step_model = prepare_model(model, device, args.compile)
-    augmenter = ClipAugment(TEST, args.img_dim)
     views = 10 if args.ten_crop else 1
+    transform = partial(ten_crop, img_dim=args.img_dim) if args.ten_crop else ClipAugment(TEST, args.img_dim)
 
     num_videos = len(dataset.videos)
     probabilities = torch.zeros(num_videos, len(classes), device=device)
     windows = torch.zeros(num_videos, device=device)
     loss_sum = torch.zeros((), device=device)
     started = time.perf_counter()
-    for clips, sizes, labels, videos, _ in tqdm(loader, desc="test", dynamic_ncols=True):
-        clips, sizes = clips_to_device(clips, sizes, device)
-        inputs = ten_crop(clips, sizes, args.img_dim) if args.ten_crop else augmenter(clips, sizes)
-        labels, videos = labels.to(device, non_blocking=True), videos.to(device, non_blocking=True)
-        with autocast(device, args.amp):
-            logits = step_model(inputs).float()
-        window_probabilities = logits.softmax(dim=1).view(len(labels), views, -1).mean(dim=1)
-        loss_sum += F.nll_loss(window_probabilities.clamp_min(1e-12).log(), labels, reduction="sum")
-        probabilities.index_add_(0, videos, window_probabilities)
-        windows.index_add_(0, videos, torch.ones_like(videos, dtype=windows.dtype))
+    with DeviceBatches(loader, transform, device, args.prefetch) as batches:
+        for batch in tqdm(batches, desc="test", dynamic_ncols=True):
+            with autocast(device, args.amp):
+                logits = step_model(batch.inputs).float()
+            window_probabilities = logits.softmax(dim=1).view(len(batch.labels), views, -1).mean(dim=1)
+            loss_sum += F.nll_loss(window_probabilities.clamp_min(1e-12).log(), batch.labels, reduction="sum")
+            probabilities.index_add_(0, batch.videos, window_probabilities)
+            windows.index_add_(0, batch.videos, torch.ones_like(batch.videos, dtype=windows.dtype))
     probabilities = (probabilities / windows[:, None]).cpu()
     elapsed = time.perf_counter() - started
     labels = torch.tensor([record.label for record in dataset.videos])
@@ -312,8 +312,9 @@ def retrieve(args: argparse.Namespace) -> dict:
     for stage in ("train", "test"):
         dataset = clip_dataset(csv_root, stage, args, len(classes), windows=True)
         loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device)
-        features[stage] = video_features(step_model, loader, augmenter, device, args.amp, len(dataset.videos),
-                                         desc=f"{stage} features")
+        with DeviceBatches(loader, augmenter, device, args.prefetch) as batches:
+            features[stage] = video_features(step_model, batches, device, args.amp, len(dataset.videos),
+                                             desc=f"{stage} features")
         labels[stage] = torch.tensor([record.label for record in dataset.videos])
     result = {**recall_at_k(features["train"], labels["train"], features["test"], labels["test"]),
               "train_videos": len(labels["train"]), "test_videos": len(labels["test"]), "dataset": args.dataset,

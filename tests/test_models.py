@@ -45,6 +45,21 @@ def test_full_attention_lets_context_see_the_future_and_causal_does_not():
         assert (difference > 1e-4) == first_frames_move, attn
 
 
+def test_split_attention_keeps_context_and_predicted_frames_apart():
+    torch.manual_seed(0)
+    clips = torch.randn(1, 5, 3, 64, 64)
+    encoder = VideoEncoder(attn="split").eval()
+    with torch.no_grad():
+        before = encoder(clips, predicted=3)
+        new_context, new_target = clips.clone(), clips.clone()
+        new_context[:, 0] = torch.randn(3, 64, 64)
+        new_target[:, 2] = torch.randn(3, 64, 64)
+        after_context, after_target = encoder(new_context, predicted=3), encoder(new_target, predicted=3)
+    assert (after_context[:, 1] - before[:, 1]).abs().max() > 1e-4, "context frames attend to earlier ones"
+    assert torch.allclose(after_context[:, 2:], before[:, 2:], atol=1e-5), "targets must not see the context"
+    assert torch.allclose(after_target[:, [0, 1, 3, 4]], before[:, [0, 1, 3, 4]], atol=1e-5)
+
+
 def test_without_position_encoding_swapping_frames_swaps_outputs_and_with_it_does_not():
     """No positional encoding + full attention is permutation-equivariant: the reason the reference's
     context cannot tell its predicted steps apart. Either encoding breaks that symmetry."""

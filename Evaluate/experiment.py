@@ -1,0 +1,212 @@
+"""Pretrained vs random initialisation on the demo dataset: the reference's comparison table in miniature.
+
+    python Evaluate/experiment.py --preset cpu      # 2 CPU cores, under 30 minutes
+    python Evaluate/experiment.py --preset gpu      # one H100/H200, about 10 minutes
+
+For every --attn and seed: pretrain with CPCTrans/main.py, then, from those weights and from a random
+initialisation, finetune (--train_what ft) and linearly probe (--train_what last) with Evaluate/test.py,
+test the last epoch of each, and retrieve nearest neighbours (--retrieval). Prints a markdown table of
+mean ± std over the seeds and writes it, with every run's numbers, to <out>/results.md and results.json.
+Everything goes through the same functions as the command lines; finished pieces are kept, so a rerun
+continues where an interrupted one stopped.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from CPCTrans import main as pretraining
+from CPCTrans.checkpoint import CheckpointError
+from CPCTrans.data import DataError
+from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
+from CPCTrans.runtime import REPO_ROOT, user_error
+from Evaluate import test as evaluation
+from ProcessData import extract_frame, make_demo, write_csv
+
+
+@dataclass(frozen=True)
+class Preset:
+    groups: int  # demo source groups per class; a third of them are tested
+    clips: int  # clips per group
+    frames: int  # frames per video
+    img_dim: int
+    batch_size: int
+    workers: int
+    device: str
+    pretrain_epochs: int
+    finetune_epochs: int
+    probe_epochs: int
+
+
+PRESETS = {
+    # 90 videos (60 train / 30 test), 60 pretraining steps per run: 2 cores, under 30 minutes for 3 seeds x 2.
+    "cpu": Preset(groups=9, clips=2, frames=30, img_dim=64, batch_size=16, workers=0, device="cpu",
+                  pretrain_epochs=20, finetune_epochs=10, probe_epochs=10),
+    # 900 videos (600 train / 300 test) at 128 px, ~1,100 pretraining steps per run.
+    "gpu": Preset(groups=30, clips=6, frames=40, img_dim=128, batch_size=32, workers=8, device="cuda",
+                  pretrain_epochs=60, finetune_epochs=15, probe_epochs=15),
+    # The machinery end to end in about a minute per seed on a CPU; its numbers mean nothing.
+    "smoke": Preset(groups=3, clips=1, frames=16, img_dim=32, batch_size=4, workers=0, device="cpu",
+                    pretrain_epochs=1, finetune_epochs=1, probe_epochs=1),
+}
+CLIP = ["--num_seq", "5", "--pred_step", "3", "--ds", "3"]
+METRICS = (("finetune", "top1"), ("linear probe", "top1"), ("retrieval", "R@1"))
+
+
+def prepare_dataset(out: Path, preset: Preset) -> Path:
+    """Generates, extracts and indexes the demo videos once; returns the CSV folder."""
+    csv_root = out / "csv"
+    if (csv_root / "test_split01.csv").is_file():
+        return csv_root
+    if not (out / "ucfTrainTestlist" / "testlist01.txt").is_file():
+        make_demo.make_demo(out, preset.groups, preset.clips, preset.frames, seed=0)
+    steps = (extract_frame.main(["--video_root", str(out / "videos"), "--frame_root", str(out / "frames"),
+                                 "--workers", str(max(1, preset.workers))]),
+             write_csv.main(["--dataset", "ucf101", "--frame_root", str(out / "frames"), "--split_root",
+                             str(out / "ucfTrainTestlist"), "--csv_root", str(csv_root), "--strict"]))
+    if any(steps):
+        sys.exit(f"error: preparing the demo dataset under {out} failed; see above")
+    return csv_root
+
+
+def last_checkpoint(model_dir: Path, epochs: int) -> Path:
+    path = model_dir / f"epoch{epochs}.pth.tar"
+    if not path.is_file():
+        sys.exit(f"{path} was not written (stopped?); run the same command again to continue")
+    return path
+
+
+def continue_run(args: argparse.Namespace, model_dir: Path) -> None:
+    """An interrupted run of this experiment continues from its newest checkpoint."""
+    if any(not path.name.startswith("model_best") for path in model_dir.glob("*.pth.tar")):
+        args.resume = "latest"
+
+
+def cached(path: Path, compute) -> dict:
+    """The JSON result at `path`, computed (and written there by `compute`) when missing."""
+    if not path.is_file():
+        compute()
+    return json.loads(path.read_text())
+
+
+class Runner:
+    """Runs the stages of one experiment with shared flags; every output under `logs`."""
+
+    def __init__(self, preset: Preset, csv_root: Path, logs: Path, pos_enc: str):
+        self.preset = preset
+        self.csv_root = csv_root
+        self.logs = logs
+        self.pos_enc = pos_enc
+        self.common = ["--csv_root", str(csv_root), "--dataset", "demo", "--img_dim", str(preset.img_dim),
+                       "--batch_size", str(preset.batch_size), "--workers", str(preset.workers), "--device",
+                       preset.device, *CLIP]
+
+    def pretrain(self, attn: str, seed: int) -> Path:
+        args = pretraining.parse_args([*self.common, "--epochs", str(self.preset.pretrain_epochs), "--attn", attn,
+                                       "--pos_enc", self.pos_enc, "--seed", str(seed), "--prefix", f"seed{seed}",
+                                       "--log_root", str(self.logs / "pretrain")])
+        model_dir = self.logs / "pretrain" / f"log_seed{seed}" / pretraining.run_name(args) / "model"
+        if not (model_dir / f"epoch{self.preset.pretrain_epochs}.pth.tar").is_file():
+            continue_run(args, model_dir)
+            pretraining.train(args)
+        return last_checkpoint(model_dir, self.preset.pretrain_epochs)
+
+    def classify(self, init: str, attn: str, seed: int, train_what: str) -> dict:
+        """Finetunes or probes from `init` (a checkpoint or 'random'), then tests the last epoch."""
+        epochs = self.preset.finetune_epochs if train_what == "ft" else self.preset.probe_epochs
+        architecture = ["--attn", attn, "--pos_enc", self.pos_enc] if init == "random" else []
+        prefix = f"{attn}_seed{seed}"
+        args = evaluation.parse_args([*self.common, "--epochs", str(epochs), "--pretrain", init, "--train_what",
+                                      train_what, "--seed", str(seed), "--prefix", prefix, *architecture,
+                                      "--log_root", str(self.logs / "finetune")])
+        evaluation.fill_data_flags(args)
+        model_dir = self.logs / "finetune" / f"log_{prefix}" / evaluation.run_name(args) / "model"
+        checkpoint = model_dir / f"epoch{epochs}.pth.tar"
+
+        def finetune_and_test():
+            if not checkpoint.is_file():
+                continue_run(args, model_dir)
+                evaluation.finetune(args)
+            evaluation.test(evaluation.parse_args(["--test", str(last_checkpoint(model_dir, epochs)), "--csv_root",
+                                                   str(self.csv_root), "--workers", str(self.preset.workers),
+                                                   "--device", self.preset.device]))
+        return cached(checkpoint.with_name(checkpoint.name + ".test.json"), finetune_and_test)
+
+    def retrieve(self, init: str, attn: str, seed: int) -> dict:
+        architecture = ["--attn", attn, "--pos_enc", self.pos_enc] if init == "random" else []
+        args = evaluation.parse_args([*self.common, "--retrieval", init, "--seed", str(seed), *architecture,
+                                      "--prefix", "retrieval", "--log_root", str(self.logs / "retrieval")])
+        path = (Path(init).with_name(Path(init).name + ".retrieval.json") if init != "random" else
+                self.logs / "retrieval" / "log_retrieval" /
+                f"random_attn-{attn}_pos-{self.pos_enc}_seed{seed}.retrieval.json")
+        return cached(path, lambda: evaluation.retrieve(args))
+
+
+def run_experiment(runner: Runner, attns: list[str], seeds: list[int]) -> dict:
+    """{(attn, init): {metric: [one value per seed]}}, init being 'random' or 'pretrained'."""
+    results = {}
+    for attn in attns:
+        for seed in seeds:
+            checkpoint = runner.pretrain(attn, seed)
+            for init, source in (("random", "random"), ("pretrained", str(checkpoint))):
+                row = results.setdefault((attn, init), {metric: [] for metric, _ in METRICS})
+                row["finetune"].append(runner.classify(source, attn, seed, "ft")["top1"])
+                row["linear probe"].append(runner.classify(source, attn, seed, "last")["top1"])
+                row["retrieval"].append(runner.retrieve(source, attn, seed)["R@1"])
+    return results
+
+
+def mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * spread:.1f}"
+
+
+def markdown_table(results: dict, seeds: list[int]) -> str:
+    header = ("| attention | initialisation | " + " | ".join(f"{name} {key}" for name, key in METRICS) + " |")
+    lines = [header, "|" + "---|" * (2 + len(METRICS))]
+    for (attn, init), row in results.items():
+        lines.append(f"| {attn} | {init} | " + " | ".join(mean_std(row[name]) for name, _ in METRICS) + " |")
+    lines.append(f"\n(percent, mean ± std over seeds {', '.join(map(str, seeds))}; top-1 on the test split's "
+                 f"videos, R@1: test videos querying training videos)")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Pretrained vs random initialisation on the demo dataset")
+    parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    parser.add_argument("--out", type=Path, default=None, help="default: experiment_output/<preset>")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--attn", nargs="+", default=["full", "causal"], choices=ATTENTION_KINDS)
+    parser.add_argument("--pos_enc", default="none", choices=POSITION_KINDS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    preset = PRESETS[args.preset]
+    out = (args.out or REPO_ROOT / "experiment_output" / args.preset).resolve()
+    started = time.perf_counter()
+    csv_root = prepare_dataset(out / "data", preset)
+    runner = Runner(preset, csv_root, out / "logs", args.pos_enc)
+    try:
+        results = run_experiment(runner, args.attn, args.seeds)
+    except (DataError, CheckpointError, pretraining.TrainingDiverged, ValueError) as error:
+        sys.exit(f"error: {user_error(error)}")
+    minutes = (time.perf_counter() - started) / 60
+    table = markdown_table(results, args.seeds)
+    summary = f"preset {args.preset} ({asdict(preset)}), pos_enc {args.pos_enc}, {minutes:.1f} minutes"
+    (out / "results.md").write_text(f"{table}\n\n{summary}\n")
+    (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(preset),
+                                                  "pos_enc": args.pos_enc, "minutes": minutes,
+                                                  "results": [{"attn": attn, "init": init, **row}
+                                                              for (attn, init), row in results.items()]},
+                                                 indent=2) + "\n")
+    print(f"\n{table}\n\n{summary}\nwrote {out / 'results.md'} and {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
