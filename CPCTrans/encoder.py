@@ -13,10 +13,11 @@ MAX_FRAMES = 64  # longest clip a learned temporal table covers
 MAX_SIDE = 64  # largest feature map side a learned spatial table covers (img_dim 2048)
 
 
-def sincos_table(positions: int, channels: int) -> torch.Tensor:
+def sincos_table(positions: int, channels: int, device: torch.device | None = None) -> torch.Tensor:
     """(positions, channels): sin on the first half, cos on the second, wavelengths 1 .. 10000 (Vaswani et al.)."""
-    position = torch.arange(positions, dtype=torch.float32)[:, None]
-    frequency = torch.exp(-torch.arange(channels // 2, dtype=torch.float32) * (math.log(10000) / (channels // 2)))
+    position = torch.arange(positions, dtype=torch.float32, device=device)[:, None]
+    steps = torch.arange(channels // 2, dtype=torch.float32, device=device)
+    frequency = torch.exp(-steps * (math.log(10000) / (channels // 2)))
     angles = position * frequency
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
@@ -53,9 +54,9 @@ class PositionEncoding(nn.Module):
                     + self.column[None, None, :width])
         frame_c, row_c, column_c = self.split
         shape = (steps, height, width, -1)
-        return torch.cat([sincos_table(steps, frame_c)[:, None, None].expand(shape),
-                          sincos_table(height, row_c)[None, :, None].expand(shape),
-                          sincos_table(width, column_c)[None, None, :].expand(shape)], dim=-1).to(device)
+        return torch.cat([sincos_table(steps, frame_c, device)[:, None, None].expand(shape),
+                          sincos_table(height, row_c, device)[None, :, None].expand(shape),
+                          sincos_table(width, column_c, device)[None, None, :].expand(shape)], dim=-1)
 
 
 class VideoEncoder(nn.Module):

@@ -61,7 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_name(args: argparse.Namespace) -> str:
     name = (f"{args.dataset}-{args.img_dim}_{args.net}_{args.model}_bs{args.batch_size}_lr{args.lr}"
-            f"_seq{args.num_seq}_pred{args.pred_step}_ds{args.ds}_attn-{args.attn}_pos-{args.pos_enc}_train-{args.train_what}")
+            f"_seq{args.num_seq}_pred{args.pred_step}_ds{args.ds}_attn-{args.attn}_train-{args.train_what}")
+    if args.pos_enc != "none":  # runs with the reference's architecture keep the folder names they had
+        name += f"_pos-{args.pos_enc}"
     if args.pretrain:
         name += "_pt=" + Path(args.pretrain).name
     return name

@@ -163,9 +163,14 @@ def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epo
 
 def run_name(args) -> str:
     pretrain = "random" if args.pretrain == "random" else Path(args.pretrain).name
-    return (f"{args.dataset}-{args.img_dim}-split{args.split}_{args.net}_{args.model}_bs{args.batch_size}"
+    name = (f"{args.dataset}-{args.img_dim}-split{args.split}_{args.net}_{args.model}_bs{args.batch_size}"
             f"_lr{args.lr}_wd{args.wd}_dp{args.dropout}_seq{args.num_seq}_ds{args.ds}_train-{args.train_what}"
             f"_pt={pretrain}")
+    # A random init's architecture is its flags' (a checkpoint's is in its name); defaults keep the plain name.
+    for key, default in ARCHITECTURE_DEFAULTS.items():
+        if args.pretrain == "random" and getattr(args, key) not in (None, default):
+            name += f"_{key}-{getattr(args, key)}"
+    return name
 
 
 def finetune(args: argparse.Namespace) -> Path:
