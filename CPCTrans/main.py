@@ -69,6 +69,11 @@ def run_name(args: argparse.Namespace) -> str:
     return name
 
 
+def run_dir(args: argparse.Namespace) -> Path:
+    """Where a run's logs (img/) and checkpoints (model/) go."""
+    return Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
+
+
 def build_loaders(args, device):
     csv_root = Path(args.csv_root) if args.csv_root else default_csv_root(args.dataset)
     num_classes = len(read_class_names(csv_root / "classInd.txt"))
@@ -171,17 +176,16 @@ def train(args: argparse.Namespace) -> Path:
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=args.lr, weight_decay=args.wd, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)
-    run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
-    model_dir = run_dir / "model"
+    model_dir = run_dir(args) / "model"
 
     best_acc, start_step, resume_rng = resume_training(args, model, model.config, optimizer, scheduler,
                                                        model_dir)
 
-    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
+    writers = {stage: SummaryWriter(str(run_dir(args) / "img" / stage)) for stage in ("train", "val")}
     augmenters = {stage: ClipAugment(PRETRAIN, args.img_dim) for stage in ("train", "val")}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile}); "
-          f"logs and checkpoints in {run_dir}")
+          f"logs and checkpoints in {run_dir(args)}")
 
     with GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):

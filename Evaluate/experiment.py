@@ -109,7 +109,7 @@ class Runner:
         args = pretraining.parse_args([*self.common, "--epochs", str(self.preset.pretrain_epochs), "--attn", attn,
                                        "--pos_enc", self.pos_enc, "--seed", str(seed), "--prefix", f"seed{seed}",
                                        "--log_root", str(self.logs / "pretrain")])
-        model_dir = self.logs / "pretrain" / f"log_seed{seed}" / pretraining.run_name(args) / "model"
+        model_dir = pretraining.run_dir(args) / "model"
         if not (model_dir / f"epoch{self.preset.pretrain_epochs}.pth.tar").is_file():
             continue_run(args, model_dir)
             pretraining.train(args)
@@ -124,7 +124,7 @@ class Runner:
                                       train_what, "--seed", str(seed), "--prefix", prefix, *architecture,
                                       "--log_root", str(self.logs / "finetune")])
         evaluation.fill_data_flags(args)
-        model_dir = self.logs / "finetune" / f"log_{prefix}" / evaluation.run_name(args) / "model"
+        model_dir = evaluation.run_dir(args) / "model"
         checkpoint = model_dir / f"epoch{epochs}.pth.tar"
 
         def finetune_and_test():
@@ -141,8 +141,7 @@ class Runner:
         args = evaluation.parse_args([*self.common, "--retrieval", init, "--seed", str(seed), *architecture,
                                       "--prefix", "retrieval", "--log_root", str(self.logs / "retrieval")])
         path = (Path(init).with_name(Path(init).name + ".retrieval.json") if init != "random" else
-                self.logs / "retrieval" / "log_retrieval" /
-                f"random_attn-{attn}_pos-{self.pos_enc}_seed{seed}.retrieval.json")
+                evaluation.random_retrieval_path(args, attn, self.pos_enc))
         return cached(path, lambda: evaluation.retrieve(args))
 
 

@@ -173,6 +173,17 @@ def run_name(args) -> str:
     return name
 
 
+def run_dir(args: argparse.Namespace) -> Path:
+    """Where a finetuning run's logs (img/) and checkpoints (model/) go."""
+    return Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
+
+
+def random_retrieval_path(args: argparse.Namespace, attn: str, pos_enc: str) -> Path:
+    """Where --retrieval random writes its JSON (a checkpoint's goes next to the checkpoint)."""
+    name = f"random_attn-{attn}_pos-{pos_enc}_seed{args.seed}.retrieval.json"
+    return Path(args.log_root) / f"log_{args.prefix}" / name
+
+
 def finetune(args: argparse.Namespace) -> Path:
     fill_data_flags(args)
     torch.manual_seed(args.seed)
@@ -194,15 +205,14 @@ def finetune(args: argparse.Namespace) -> Path:
     config = {**model.config, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
               "dataset": args.dataset, "split": args.split}
 
-    run_dir = Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
-    model_dir = run_dir / "model"
+    model_dir = run_dir(args) / "model"
     best_acc, start_step, resume_rng = resume_training(args, model, config, optimizer, scheduler, model_dir)
 
-    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
+    writers = {stage: SummaryWriter(str(run_dir(args) / "img" / stage)) for stage in ("train", "val")}
     augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim), "val": ClipAugment(FINETUNE_VAL, args.img_dim)}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
-          f"compile={args.compile}); logs and checkpoints in {run_dir}")
+          f"compile={args.compile}); logs and checkpoints in {run_dir(args)}")
     with GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):
             skip = start_step if epoch == args.start_epoch else 0
@@ -330,8 +340,7 @@ def retrieve(args: argparse.Namespace) -> dict:
         path = Path(args.retrieval)
         json_path = path.with_name(path.name + ".retrieval.json")
     else:
-        json_path = (Path(args.log_root) / f"log_{args.prefix}" /
-                     f"random_attn-{model.config['attn']}_pos-{model.config['pos_enc']}_seed{args.seed}.retrieval.json")
+        json_path = random_retrieval_path(args, model.config["attn"], model.config["pos_enc"])
         json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {json_path}")
