@@ -73,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="for a random init (default none); otherwise taken from the checkpoint")
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
+    if args.test and args.retrieval:
+        parser.error("--test and --retrieval are separate runs; give one of them")
+    if args.ten_crop and not args.test:
+        parser.error("--ten_crop is a test-time option; use it with --test")
     return args
 
 

@@ -141,3 +141,10 @@ def test_missing_csv_is_one_clear_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0
     assert "classInd.txt" in result.stderr and "write_csv.py" in result.stderr
+
+
+def test_evaluation_flags_that_do_not_go_together_are_refused_in_one_line(tmp_path):
+    for flags, message in ((["--test", "a.pth.tar", "--retrieval", "b.pth.tar"], "give one of them"),
+                           (["--ten_crop"], "use it with --test")):
+        result = cli("Evaluate/test.py", *flags, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
