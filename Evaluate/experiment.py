@@ -119,7 +119,7 @@ class Runner:
         """Finetunes or probes from `init` (a checkpoint or 'random'), then tests the last epoch."""
         epochs = self.preset.finetune_epochs if train_what == "ft" else self.preset.probe_epochs
         architecture = ["--attn", attn, "--pos_enc", self.pos_enc] if init == "random" else []
-        prefix = f"{attn}_seed{seed}"
+        prefix = f"{attn}_pos-{self.pos_enc}_seed{seed}"  # a pretrained run is named after its checkpoint file
         args = evaluation.parse_args([*self.common, "--epochs", str(epochs), "--pretrain", init, "--train_what",
                                       train_what, "--seed", str(seed), "--prefix", prefix, *architecture,
                                       "--log_root", str(self.logs / "finetune")])
