@@ -93,6 +93,10 @@ def resume_training(args, model, config: dict, optimizer, scheduler, model_dir: 
     Returns (best accuracy so far, steps already done in the next epoch, RNG states to replay them).
     """
     if not args.resume:
+        # Saving rotates out older checkpoints of the folder: a fresh run must not start in an occupied one.
+        if list(model_dir.glob("*.pth.tar")):
+            raise CheckpointError(f"{model_dir}: already holds the checkpoints of a run with these flags; continue "
+                                  f"it with --resume latest, or give another --prefix (nothing was changed)")
         return 0.0, 0, None
     path = resume_path(args.resume, model_dir)
     state = load(path, model.kind)

@@ -3,10 +3,12 @@
     python ProcessData/run_demo.py
 
 Generates the demo videos, extracts frames, writes the split CSVs, pretrains, finetunes from the
-pretrained weights, tests the finetuned model and prints its accuracy. Everything goes under --out.
+pretrained weights, tests the finetuned model and prints its accuracy. Everything goes under --out;
+a rerun reuses the extracted frames and trains afresh (the previous demo run's checkpoints are removed).
 """
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +52,10 @@ def main(argv=None) -> int:
         "--workers", args.workers)
     run("ProcessData/write_csv.py", "--dataset", "ucf101", "--frame_root", out / "frames",
         "--split_root", out / "ucfTrainTestlist", "--csv_root", out / "csv")
+    for previous_run in (out / "pretrain", out / "finetune"):
+        if previous_run.is_dir():
+            print(f"removing the previous demo run in {previous_run}")
+            shutil.rmtree(previous_run)
     run("CPCTrans/main.py", *common, "--epochs", args.pretrain_epochs, "--num_seq", 5, "--pred_step", 3,
         "--log_root", out / "pretrain")
     pretrained = best_checkpoint(out / "pretrain")

@@ -97,6 +97,16 @@ def test_sigkill_at_any_moment_then_resume_latest_ends_with_the_same_weights(dem
     assert_same_weights(uninterrupted(3), final_weights(killed, 3))
 
 
+def test_a_fresh_run_in_a_folder_holding_checkpoints_is_refused_and_changes_nothing(demo_dataset, tmp_path):
+    pretrain(demo_dataset, tmp_path, 1)
+    model_dir = next(tmp_path.glob("log_tmp/*/model"))
+    before = {path.name: path.read_bytes() for path in model_dir.iterdir()}
+    result = subprocess.run(pretrain_command(demo_dataset, tmp_path, 2), capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--resume latest" in result.stderr and str(model_dir) in result.stderr
+    assert {path.name: path.read_bytes() for path in model_dir.iterdir()} == before
+
+
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(demo_dataset, tmp_path):
     pretrain(demo_dataset, tmp_path, 1)
     good = next(tmp_path.glob("log_tmp/*/model/epoch1.pth.tar"))
