@@ -208,6 +208,11 @@ def clips_to_device(clips, sizes, device: torch.device) -> tuple[torch.Tensor, t
     return stack_padded([torch.stack(frames[i:i + steps]) for i in range(0, len(frames), steps)])
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch of a run seeded with `seed`."""
+    return seed * 100_003 + epoch
+
+
 class EpochSampler(Sampler):
     """Order and random clip starts of one epoch, drawn in the main process from (seed, epoch) alone.
 
@@ -223,7 +228,7 @@ class EpochSampler(Sampler):
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
         draws = torch.rand(self.size, generator=generator)
         for index in order[self.skip:].tolist():
@@ -247,6 +252,19 @@ class BadSamples:
         if len(self.problems) > self.limit:
             raise DataError(f"{len(self.problems)} unreadable clips, more than --max_bad_samples {self.limit}: "
                             + " | ".join(self.problems))
+
+
+def split_dataset(path: Path, num_classes: int, num_seq: int, ds: int, windows: bool = False,
+                  encoded: bool = False, replace_bad: bool = False) -> ClipDataset:
+    """The ClipDataset of one split CSV; says how many videos were too short, refuses a split with none left."""
+    records = read_index(path, num_classes)
+    dataset = ClipDataset(records, num_seq, ds, windows=windows, encoded=encoded, replace_bad=replace_bad)
+    if dataset.num_skipped:
+        print(f"{path.name}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
+              f"num_seq * ds = {num_seq * ds} frames")
+    if len(dataset) == 0:
+        raise DataError(f"{path}: no video has {num_seq * ds} frames; lower --num_seq or --ds")
+    return dataset
 
 
 def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool, device: torch.device,

@@ -16,13 +16,13 @@ from tqdm import tqdm
 from CPCTrans.augment import PRETRAIN, ClipAugment, denormalize
 from CPCTrans.checkpoint import CheckpointError, load_pretrained, training_state
 from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
-from CPCTrans.data import BadSamples, ClipDataset, DataError, make_loader, read_class_names, read_index
+from CPCTrans.data import BadSamples, DataError, make_loader, read_class_names, split_dataset
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
-from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_training, rng_snapshot,
+from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, default_csv_root,
-                              prepare_model, resolve_speed_flags, save_epoch, user_error)
+from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
+                              prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, user_error)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,24 +69,12 @@ def run_name(args: argparse.Namespace) -> str:
     return name
 
 
-def run_dir(args: argparse.Namespace) -> Path:
-    """Where a run's logs (img/) and checkpoints (model/) go."""
-    return Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
-
-
 def build_loaders(args, device):
-    csv_root = Path(args.csv_root) if args.csv_root else default_csv_root(args.dataset)
-    num_classes = len(read_class_names(csv_root / "classInd.txt"))
+    num_classes = len(read_class_names(csv_root(args) / "classInd.txt"))
     loaders = {}
     for stage, csv_name in (("train", "train"), ("val", "test")):
-        records = read_index(csv_root / f"{csv_name}_split{args.split:02d}.csv", num_classes)
-        dataset = ClipDataset(records, args.num_seq, args.ds, encoded=args.decode == "gpu", replace_bad=True)
-        if dataset.num_skipped:
-            print(f"{stage}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
-                  f"num_seq * ds = {args.num_seq * args.ds} frames")
-        if len(dataset) == 0:
-            raise DataError(f"{csv_root / f'{csv_name}_split{args.split:02d}.csv'}: no video has "
-                            f"{args.num_seq * args.ds} frames; lower --num_seq or --ds")
+        dataset = split_dataset(split_csv(args, csv_name), num_classes, args.num_seq, args.ds,
+                                encoded=args.decode == "gpu", replace_bad=True)
         loaders[stage] = make_loader(dataset, args.batch_size, args.workers, stage == "train", device, args.seed)
     return loaders
 
@@ -176,16 +164,17 @@ def train(args: argparse.Namespace) -> Path:
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=args.lr, weight_decay=args.wd, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)
-    model_dir = run_dir(args) / "model"
+    run_dir = run_folder(args, run_name(args))
+    model_dir = run_dir / "model"
 
     best_acc, start_step, resume_rng = resume_training(args, model, model.config, optimizer, scheduler,
                                                        model_dir)
 
-    writers = {stage: SummaryWriter(str(run_dir(args) / "img" / stage)) for stage in ("train", "val")}
+    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     augmenters = {stage: ClipAugment(PRETRAIN, args.img_dim) for stage in ("train", "val")}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile}); "
-          f"logs and checkpoints in {run_dir(args)}")
+          f"logs and checkpoints in {run_dir}")
 
     with GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):
@@ -198,8 +187,7 @@ def train(args: argparse.Namespace) -> Path:
                 state = training_state(model, model.config, optimizer, scheduler, args, epoch, steps, best_acc, rng)
                 save_interrupted(state, model_dir, stop.requested)
                 return model_dir
-            loaders["val"].sampler.set_epoch(epoch)
-            augmenters["val"].reseed(epoch_seed(args.seed, epoch))
+            begin_validation(loaders["val"], augmenters["val"], args.seed, epoch)
             val_metrics, _ = run_epoch(step_model, loaders["val"], augmenters["val"], None, device, epoch, args,
                                        bad_samples)
             scheduler.step()

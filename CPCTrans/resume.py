@@ -13,10 +13,7 @@ import numpy as np
 import torch
 
 from CPCTrans.checkpoint import CheckpointError, load, save_atomic
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
+from CPCTrans.data import epoch_seed
 
 
 def seed_epoch(seed: int, epoch: int) -> int:
@@ -73,6 +70,12 @@ def begin_epoch(loader, augmenter, seed: int, epoch: int, skip_steps: int, saved
     loader.sampler.set_epoch(epoch, skip_steps * loader.batch_size)
 
 
+def begin_validation(loader, augmenter, seed: int, epoch: int) -> None:
+    """Validation of `epoch` sees the same clips and augmentation whenever it runs."""
+    loader.sampler.set_epoch(epoch)
+    augmenter.reseed(epoch_seed(seed, epoch))
+
+
 def rng_snapshot(augmenter, device: torch.device) -> dict:
     return {"torch": torch.get_rng_state(), "augment": augmenter.generator.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
@@ -94,7 +97,7 @@ def resume_training(args, model, config: dict, optimizer, scheduler, model_dir: 
     """
     if not args.resume:
         # Saving rotates out older checkpoints of the folder: a fresh run must not start in an occupied one.
-        if list(model_dir.glob("*.pth.tar")):
+        if any(model_dir.glob("*.pth.tar")):
             raise CheckpointError(f"{model_dir}: already holds the checkpoints of a run with these flags; continue "
                                   f"it with --resume latest, or give another --prefix (nothing was changed)")
         return 0.0, 0, None

@@ -10,8 +10,19 @@ from CPCTrans.checkpoint import save_atomic
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def default_csv_root(dataset: str) -> Path:
-    return REPO_ROOT / "ProcessData" / "data" / dataset
+def csv_root(args) -> Path:
+    """--csv_root, by default ProcessData/data/<dataset>."""
+    return Path(args.csv_root) if args.csv_root else REPO_ROOT / "ProcessData" / "data" / args.dataset
+
+
+def split_csv(args, stage: str) -> Path:
+    """The CSV of `stage` ('train' or 'test') of --split."""
+    return csv_root(args) / f"{stage}_split{args.split:02d}.csv"
+
+
+def run_folder(args, name: str) -> Path:
+    """Where run `name` keeps its logs (img/) and checkpoints (model/)."""
+    return Path(args.log_root) / f"log_{args.prefix}" / name
 
 
 def select_device(choice: str, gpu: str) -> torch.device:

@@ -22,7 +22,7 @@ from CPCTrans import main as pretraining
 from CPCTrans.checkpoint import CheckpointError
 from CPCTrans.data import DataError
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
-from CPCTrans.runtime import REPO_ROOT, user_error
+from CPCTrans.runtime import REPO_ROOT, run_folder, user_error
 from Evaluate import test as evaluation
 from ProcessData import extract_frame, make_demo, write_csv
 
@@ -109,7 +109,7 @@ class Runner:
         args = pretraining.parse_args([*self.common, "--epochs", str(self.preset.pretrain_epochs), "--attn", attn,
                                        "--pos_enc", self.pos_enc, "--seed", str(seed), "--prefix", f"seed{seed}",
                                        "--log_root", str(self.logs / "pretrain")])
-        model_dir = pretraining.run_dir(args) / "model"
+        model_dir = run_folder(args, pretraining.run_name(args)) / "model"
         if not (model_dir / f"epoch{self.preset.pretrain_epochs}.pth.tar").is_file():
             continue_run(args, model_dir)
             pretraining.train(args)
@@ -124,7 +124,7 @@ class Runner:
                                       train_what, "--seed", str(seed), "--prefix", prefix, *architecture,
                                       "--log_root", str(self.logs / "finetune")])
         evaluation.fill_data_flags(args)
-        model_dir = evaluation.run_dir(args) / "model"
+        model_dir = run_folder(args, evaluation.run_name(args)) / "model"
         checkpoint = model_dir / f"epoch{epochs}.pth.tar"
 
         def finetune_and_test():

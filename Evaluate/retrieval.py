@@ -4,6 +4,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from CPCTrans.runtime import autocast
+from Evaluate.video_mean import VideoMean
 
 RECALL_AT = (1, 5, 10, 20)
 
@@ -14,16 +15,11 @@ def video_features(model, batches, device: torch.device, amp: bool, num_videos: 
     """(num_videos, C) on the CPU: each video's classifier input (model.features) averaged over its windows.
     `batches` yields DeviceBatch (CPCTrans.prefetch)."""
     model.eval()
-    sums = None
-    windows = torch.zeros(num_videos, device=device)
+    features = VideoMean(num_videos, device)
     for batch in tqdm(batches, desc=desc, dynamic_ncols=True, leave=False):
         with autocast(device, amp):
-            features = model.features(batch.inputs).float()
-        if sums is None:
-            sums = torch.zeros(num_videos, features.shape[1], device=device)
-        sums.index_add_(0, batch.videos, features)
-        windows.index_add_(0, batch.videos, torch.ones_like(batch.videos, dtype=windows.dtype))
-    return (sums / windows[:, None]).cpu()
+            features.add(batch.videos, model.features(batch.inputs).float())
+    return features.result()
 
 
 def recall_at_k(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,

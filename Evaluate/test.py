@@ -19,16 +19,17 @@ from tqdm import tqdm
 
 from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment, ten_crop
 from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, training_state
-from CPCTrans.data import BadSamples, ClipDataset, DataError, make_loader, read_class_names, read_index
+from CPCTrans.data import BadSamples, ClipDataset, DataError, make_loader, read_class_names, split_dataset
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
-from CPCTrans.resume import (GracefulStop, begin_epoch, epoch_seed, resume_training, rng_snapshot,
+from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, default_csv_root,
-                              prepare_model, resolve_speed_flags, save_epoch, user_error)
+from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
+                              prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, user_error)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 from Evaluate.retrieval import recall_at_k, video_features
+from Evaluate.video_mean import VideoMean
 
 # Finetuning defaults; --test takes what it is not given from the checkpoint.
 DATA_DEFAULTS = {"dataset": "ucf101", "split": 1, "num_seq": 5, "ds": 3, "img_dim": 128}
@@ -100,23 +101,14 @@ def architecture(args: argparse.Namespace, config: dict | None, checkpoint: str)
     return chosen
 
 
-def class_names(args) -> tuple[Path, list[str]]:
-    csv_root = Path(args.csv_root) if args.csv_root else default_csv_root(args.dataset)
-    return csv_root, read_class_names(csv_root / "classInd.txt")
+def class_names(args) -> list[str]:
+    return read_class_names(csv_root(args) / "classInd.txt")
 
 
-def clip_dataset(csv_root: Path, stage: str, args, num_classes: int, windows: bool) -> ClipDataset:
+def clip_dataset(stage: str, args, num_classes: int, windows: bool) -> ClipDataset:
     """Training and validation replace unreadable clips; testing (windows) must read every one."""
-    path = csv_root / f"{stage}_split{args.split:02d}.csv"
-    records = read_index(path, num_classes)
-    dataset = ClipDataset(records, args.num_seq, args.ds, windows=windows, encoded=args.decode == "gpu",
-                          replace_bad=not windows)
-    if dataset.num_skipped:
-        print(f"{path.name}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
-              f"num_seq * ds = {args.num_seq * args.ds} frames")
-    if len(dataset) == 0:
-        raise DataError(f"{path}: no video has {args.num_seq * args.ds} frames; lower --num_seq or --ds")
-    return dataset
+    return split_dataset(split_csv(args, stage), num_classes, args.num_seq, args.ds, windows=windows,
+                         encoded=args.decode == "gpu", replace_bad=not windows)
 
 
 def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epoch, writer, bad_samples,
@@ -177,23 +169,17 @@ def run_name(args) -> str:
     return name
 
 
-def run_dir(args: argparse.Namespace) -> Path:
-    """Where a finetuning run's logs (img/) and checkpoints (model/) go."""
-    return Path(args.log_root) / f"log_{args.prefix}" / run_name(args)
-
-
 def random_retrieval_path(args: argparse.Namespace, attn: str, pos_enc: str) -> Path:
     """Where --retrieval random writes its JSON (a checkpoint's goes next to the checkpoint)."""
-    name = f"random_attn-{attn}_pos-{pos_enc}_seed{args.seed}.retrieval.json"
-    return Path(args.log_root) / f"log_{args.prefix}" / name
+    return run_folder(args, f"random_attn-{attn}_pos-{pos_enc}_seed{args.seed}.retrieval.json")
 
 
 def finetune(args: argparse.Namespace) -> Path:
     fill_data_flags(args)
     torch.manual_seed(args.seed)
     device = resolve_speed_flags(args)
-    csv_root, classes = class_names(args)
-    loaders = {stage: make_loader(clip_dataset(csv_root, csv_name, args, len(classes), windows=False),
+    classes = class_names(args)
+    loaders = {stage: make_loader(clip_dataset(csv_name, args, len(classes), windows=False),
                                   args.batch_size, args.workers, stage == "train", device, args.seed)
                for stage, csv_name in (("train", "train"), ("val", "test"))}
 
@@ -209,14 +195,15 @@ def finetune(args: argparse.Namespace) -> Path:
     config = {**model.config, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
               "dataset": args.dataset, "split": args.split}
 
-    model_dir = run_dir(args) / "model"
+    run_dir = run_folder(args, run_name(args))
+    model_dir = run_dir / "model"
     best_acc, start_step, resume_rng = resume_training(args, model, config, optimizer, scheduler, model_dir)
 
-    writers = {stage: SummaryWriter(str(run_dir(args) / "img" / stage)) for stage in ("train", "val")}
+    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim), "val": ClipAugment(FINETUNE_VAL, args.img_dim)}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
-          f"compile={args.compile}); logs and checkpoints in {run_dir(args)}")
+          f"compile={args.compile}); logs and checkpoints in {run_dir}")
     with GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):
             skip = start_step if epoch == args.start_epoch else 0
@@ -227,8 +214,7 @@ def finetune(args: argparse.Namespace) -> Path:
                 save_interrupted(training_state(model, config, optimizer, scheduler, args, epoch, steps, best_acc,
                                                 rng_snapshot(augmenters["train"], device)), model_dir, stop.requested)
                 return model_dir
-            loaders["val"].sampler.set_epoch(epoch)
-            augmenters["val"].reseed(epoch_seed(args.seed, epoch))
+            begin_validation(loaders["val"], augmenters["val"], args.seed, epoch)
             val_results, _ = run_epoch(model, step_model, loaders["val"], augmenters["val"], None, device, args,
                                        epoch, writers["val"], bad_samples)
             for stage, results in (("train", train_results), ("val", val_results)):
@@ -259,11 +245,11 @@ def test(args: argparse.Namespace) -> dict:
     config = state["model_config"]
     fill_data_flags(args, config)
     device = resolve_speed_flags(args)
-    csv_root, classes = class_names(args)
+    classes = class_names(args)
     if len(classes) != config["num_classes"]:
-        raise CheckpointError(f"{args.test}: has {config['num_classes']} classes but {csv_root / 'classInd.txt'} "
+        raise CheckpointError(f"{args.test}: has {config['num_classes']} classes but {csv_root(args) / 'classInd.txt'} "
                               f"lists {len(classes)}; test on the dataset it was finetuned on")
-    dataset = clip_dataset(csv_root, "test", args, len(classes), windows=True)
+    dataset = clip_dataset("test", args, len(classes), windows=True)
     loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device)
     model = VideoClassifier(config["num_classes"], config["net"], **architecture(args, config, args.test),
                             dropout=config["dropout"])
@@ -274,8 +260,7 @@ def test(args: argparse.Namespace) -> dict:
     transform = partial(ten_crop, img_dim=args.img_dim) if args.ten_crop else ClipAugment(TEST, args.img_dim)
 
     num_videos = len(dataset.videos)
-    probabilities = torch.zeros(num_videos, len(classes), device=device)
-    windows = torch.zeros(num_videos, device=device)
+    probabilities = VideoMean(num_videos, device)
     loss_sum = torch.zeros((), device=device)
     started = time.perf_counter()
     with DeviceBatches(loader, transform, device, args.prefetch) as batches:
@@ -284,9 +269,8 @@ def test(args: argparse.Namespace) -> dict:
                 logits = step_model(batch.inputs).float()
             window_probabilities = logits.softmax(dim=1).view(len(batch.labels), views, -1).mean(dim=1)
             loss_sum += F.nll_loss(window_probabilities.clamp_min(1e-12).log(), batch.labels, reduction="sum")
-            probabilities.index_add_(0, batch.videos, window_probabilities)
-            windows.index_add_(0, batch.videos, torch.ones_like(batch.videos, dtype=windows.dtype))
-    probabilities = (probabilities / windows[:, None]).cpu()
+            probabilities.add(batch.videos, window_probabilities)
+    probabilities = probabilities.result()
     elapsed = time.perf_counter() - started
     labels = torch.tensor([record.label for record in dataset.videos])
     top5 = probabilities.topk(min(5, len(classes)), dim=1).indices == labels[:, None]
@@ -318,7 +302,7 @@ def retrieve(args: argparse.Namespace) -> dict:
     saved = {**state.get("args", {}), **state["model_config"]} if state is not None else {}
     fill_data_flags(args, saved)
     device = resolve_speed_flags(args)
-    csv_root, classes = class_names(args)
+    classes = class_names(args)
     torch.manual_seed(args.seed)
     model = VideoClassifier(len(classes), saved.get("net", args.net),
                             **architecture(args, state and state["model_config"], args.retrieval))
@@ -329,7 +313,7 @@ def retrieve(args: argparse.Namespace) -> dict:
 
     features, labels = {}, {}
     for stage in ("train", "test"):
-        dataset = clip_dataset(csv_root, stage, args, len(classes), windows=True)
+        dataset = clip_dataset(stage, args, len(classes), windows=True)
         loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device)
         with DeviceBatches(loader, augmenter, device, args.prefetch) as batches:
             features[stage] = video_features(step_model, batches, device, args.amp, len(dataset.videos),

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from Evaluate.retrieval import recall_at_k
+from Evaluate.video_mean import VideoMean
 
 
 def test_recall_counts_a_hit_when_any_of_the_k_nearest_shares_the_label():
@@ -24,3 +25,10 @@ def test_centring_removes_an_offset_shared_by_every_video():
     offset = 100 * torch.randn(16)
     recall = recall_at_k(train + offset, labels_train, test + offset, labels_test, ks=(1,))
     assert recall["R@1"] == 1.0
+
+
+def test_window_values_average_per_video_in_any_order():
+    means = VideoMean(3, torch.device("cpu"))
+    means.add(torch.tensor([2, 0]), torch.tensor([[4.0, 0.0], [1.0, 1.0]]))
+    means.add(torch.tensor([0, 1, 2]), torch.tensor([[3.0, 1.0], [5.0, 5.0], [0.0, 2.0]]))
+    assert torch.equal(means.result(), torch.tensor([[2.0, 1.0], [5.0, 5.0], [2.0, 1.0]]))
