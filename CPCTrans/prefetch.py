@@ -38,7 +38,6 @@ class DeviceBatches:
         self.loader = loader
         self.transform = transform
         self.device = device
-        self.depth = depth
         self.generator = generator
         self.taken_state = generator.get_state() if generator is not None else None
         self.stop = threading.Event()

@@ -46,9 +46,15 @@ class GracefulStop:
             signal.signal(signum, handler)
 
 
+def resumable_checkpoints(model_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run folder a run can continue from (temporary files are hidden and never
+    match; model_best copies are not the run's latest state)."""
+    return [path for path in model_dir.glob("*.pth.tar") if not path.name.startswith("model_best")]
+
+
 def latest_checkpoint(model_dir: Path) -> Path:
-    """The newest complete checkpoint of a run folder (temporary files are hidden and never match)."""
-    candidates = [path for path in model_dir.glob("*.pth.tar") if not path.name.startswith("model_best")]
+    """The newest resumable checkpoint of a run folder."""
+    candidates = resumable_checkpoints(model_dir)
     if not candidates:
         raise CheckpointError(f"{model_dir}: no checkpoint to resume from; start without --resume")
     return max(candidates, key=lambda path: path.stat().st_mtime_ns)

@@ -22,6 +22,7 @@ from CPCTrans import main as pretraining
 from CPCTrans.checkpoint import CheckpointError
 from CPCTrans.data import DataError
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
+from CPCTrans.resume import resumable_checkpoints
 from CPCTrans.runtime import REPO_ROOT, run_folder, user_error
 from Evaluate import test as evaluation
 from ProcessData import extract_frame, make_demo, write_csv
@@ -82,7 +83,7 @@ def last_checkpoint(model_dir: Path, epochs: int) -> Path:
 
 def continue_run(args: argparse.Namespace, model_dir: Path) -> None:
     """An interrupted run of this experiment continues from its newest checkpoint."""
-    if any(not path.name.startswith("model_best") for path in model_dir.glob("*.pth.tar")):
+    if resumable_checkpoints(model_dir):
         args.resume = "latest"
 
 
