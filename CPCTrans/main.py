@@ -150,6 +150,16 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
     return summary, step
 
 
+def epoch_line(epoch: int, epochs: int, train: dict, val: dict, checkpoint: str) -> str:
+    """The console line of one epoch. The shares of wrong validation picks say why a pretext is stuck:
+    mostly temporal at the 1/3 plateau (right video and position, wrong step), mostly other-video
+    when only positions are told apart."""
+    return (f"epoch {epoch}/{epochs}  train loss {train['loss']:.4f} top1 {train['top1']:.4f}  "
+            f"val loss {val['loss']:.4f} top1 {val['top1']:.4f} top3 {val['top3']:.4f} top5 {val['top5']:.4f}  "
+            f"wrong picks: spatial {val['wrong_spatial']:.2f} temporal {val['wrong_temporal']:.2f} "
+            f"other video {val['wrong_easy']:.2f}  -> {checkpoint}")
+
+
 def train(args: argparse.Namespace) -> Path:
     device = resolve_speed_flags(args)
     loaders = build_loaders(args, device)
@@ -198,10 +208,7 @@ def train(args: argparse.Namespace) -> Path:
             best_acc = max(best_acc, val_metrics["top1"])
             path = save_epoch(training_state(model, model.config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
                               model_dir, epoch + 1, is_best)
-            tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {train_metrics['loss']:.4f} "
-                       f"top1 {train_metrics['top1']:.4f}  val loss {val_metrics['loss']:.4f} "
-                       f"top1 {val_metrics['top1']:.4f} top3 {val_metrics['top3']:.4f} "
-                       f"top5 {val_metrics['top5']:.4f}  -> {path.name}")
+            tqdm.write(epoch_line(epoch + 1, args.epochs, train_metrics, val_metrics, path.name))
             if stop.requested:
                 print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
                 return model_dir

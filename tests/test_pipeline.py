@@ -1,5 +1,6 @@
 """The documented command lines end to end on a real (tiny) dataset: pretrain -> resume -> finetune -> test."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,9 @@ def test_pretraining_writes_checkpoints_and_curves(pretrained):
     assert state["model_config"] == {"net": "resnet18", "num_seq": 5, "pred_step": 3, "attn": "full",
                                    "pos_enc": "none"}
     assert list(model_dir.parent.glob("img/train/events.out.tfevents.*"))
-    assert "epoch 1/1" in result.stderr + result.stdout
+    line = only(line for line in (result.stderr + result.stdout).splitlines() if line.startswith("epoch 1/1"))
+    shares = re.search(r"wrong picks: spatial (\S+) temporal (\S+) other video (\S+)  -> epoch1.pth.tar$", line)
+    assert shares and abs(sum(map(float, shares.groups())) - 1) <= 0.015, line
 
 
 def test_resume_continues_at_the_next_epoch_with_optimizer_state(pretrained, demo_dataset):
