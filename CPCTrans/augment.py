@@ -5,7 +5,7 @@ with each clip's real (height, width). Random parameters are drawn on the CPU (a
 per clip or frame), then applied to the whole batch at once: one roi_align does every crop and
 resize, colour operations are vectorised over frames with per-frame factors.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torchvision.ops import roi_align
@@ -34,6 +34,14 @@ PRETRAIN = Recipe(crop="random", flip=True, gray_p=0.5, jitter=(0.5, 0.5, 0.5, 0
 FINETUNE_TRAIN = Recipe(crop="random_sized", sized_crop_p=1.0, flip=True, jitter=(0.5, 0.5, 0.5, 0.25), jitter_p=0.3)
 FINETUNE_VAL = Recipe(crop="random_sized", sized_crop_p=0.3, flip=True, jitter=(0.2, 0.2, 0.2, 0.1), jitter_p=0.3)
 TEST = Recipe(crop="center")
+COLOR_AUG_KINDS = ("frame", "clip")
+
+
+def pretraining_recipe(color_aug: str = "frame") -> Recipe:
+    """The pretraining augmentation, its grayscale and colour jitter drawn per frame (the reference) or per clip."""
+    if color_aug not in COLOR_AUG_KINDS:
+        raise ValueError(f"colour augmentation must be one of {COLOR_AUG_KINDS}, got {color_aug!r}")
+    return replace(PRETRAIN, per_frame_color=color_aug == "frame")
 
 
 @dataclass

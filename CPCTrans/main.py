@@ -13,7 +13,7 @@ from tensorboardX import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from CPCTrans.augment import PRETRAIN, ClipAugment, denormalize
+from CPCTrans.augment import COLOR_AUG_KINDS, ClipAugment, denormalize, pretraining_recipe
 from CPCTrans.checkpoint import CheckpointError, load_pretrained, training_state
 from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
 from CPCTrans.data import BadSamples, DataError, make_loader, read_class_names, split_dataset
@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "causal over the context, each predicted frame attends to itself only")
     parser.add_argument("--pos_enc", default="none", choices=POSITION_KINDS,
                         help="none: the reference; learned or sincos: spatio-temporal position of each token")
+    parser.add_argument("--color_aug", default="frame", choices=COLOR_AUG_KINDS,
+                        help="frame: grayscale and colour jitter drawn per frame (the reference); clip: once per clip")
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
     return args
@@ -64,6 +66,8 @@ def run_name(args: argparse.Namespace) -> str:
             f"_seq{args.num_seq}_pred{args.pred_step}_ds{args.ds}_attn-{args.attn}_train-{args.train_what}")
     if args.pos_enc != "none":  # runs with the reference's architecture keep the folder names they had
         name += f"_pos-{args.pos_enc}"
+    if args.color_aug != "frame":
+        name += f"_color-{args.color_aug}"
     if args.pretrain:
         name += "_pt=" + Path(args.pretrain).name
     return name
@@ -181,7 +185,7 @@ def train(args: argparse.Namespace) -> Path:
                                                        model_dir)
 
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
-    augmenters = {stage: ClipAugment(PRETRAIN, args.img_dim) for stage in ("train", "val")}
+    augmenters = {stage: ClipAugment(pretraining_recipe(args.color_aug), args.img_dim) for stage in ("train", "val")}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile}); "
           f"logs and checkpoints in {run_dir}")

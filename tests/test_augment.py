@@ -37,6 +37,22 @@ def test_pretraining_draws_grayscale_and_jitter_per_frame():
     assert not torch.allclose(out[:, 0], out[:, 1])
 
 
+def test_pretraining_colour_drawn_per_clip_shares_one_draw_with_the_same_distribution():
+    assert augment.pretraining_recipe("frame") == PRETRAIN
+    count = 4000
+    params = sample_params(augment.pretraining_recipe("clip"), torch.tensor([[240, 320]] * count), 5, generator())
+    for drawn in (params.gray, params.jitter_on, params.factors, params.order):
+        assert (drawn == drawn[:, :1]).all(), "one colour draw for all frames of a clip"
+    assert params.gray[:, 0].float().mean() == pytest.approx(0.5, abs=0.03)
+    brightness, contrast, saturation, hue = params.factors[:, 0].unbind(-1)
+    for factor, spread in ((brightness, 0.5), (contrast, 0.5), (saturation, 0.5), (hue, 0.25)):
+        centre = 0.0 if factor is hue else 1.0
+        assert factor.min() >= centre - spread and factor.max() <= centre + spread
+        assert factor.max() - factor.min() > 1.9 * spread
+    with pytest.raises(ValueError, match="colour augmentation"):
+        augment.pretraining_recipe("video")
+
+
 def test_finetuning_colour_is_consistent_across_the_clip():
     params = sample_params(FINETUNE_TRAIN, torch.tensor([[240, 320]] * 64), 7, generator())
     assert (params.factors == params.factors[:, :1]).all()

@@ -113,12 +113,14 @@ def test_retrieval_reports_recall_for_a_checkpoint_and_for_random_init(pretraine
         assert (report["train_videos"], report["test_videos"], report["img_dim"]) == (10, 5, 64)
 
 
-def test_attention_and_position_choices_travel_from_pretraining_to_finetuning(demo_dataset, tmp_path):
+def test_pretraining_choices_are_recorded_and_the_architecture_travels_to_finetuning(demo_dataset, tmp_path):
     pretrain_logs, finetune_logs = tmp_path / "pretrain", tmp_path / "finetune"
     result = cli("CPCTrans/main.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--attn", "causal",
-                 "--pos_enc", "sincos", "--log_root", pretrain_logs, cwd=tmp_path)
+                 "--pos_enc", "sincos", "--color_aug", "clip", "--log_root", pretrain_logs, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     checkpoint = only(pretrain_logs.glob("log_tmp/*/model/epoch1.pth.tar"))
+    assert checkpoint.parents[1].name.endswith("_attn-causal_train-all_pos-sincos_color-clip")
+    assert torch.load(checkpoint, weights_only=True)["args"]["color_aug"] == "clip"
     refused = cli("Evaluate/test.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--pretrain",
                   checkpoint, "--pos_enc", "learned", "--log_root", finetune_logs, cwd=tmp_path)
     assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0
