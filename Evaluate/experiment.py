@@ -20,6 +20,7 @@ from pathlib import Path
 
 from CPCTrans import main as pretraining
 from CPCTrans.checkpoint import CheckpointError
+from CPCTrans.augment import COLOR_AUG_KINDS
 from CPCTrans.data import DataError
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.resume import resumable_checkpoints
@@ -97,18 +98,20 @@ def cached(path: Path, compute) -> dict:
 class Runner:
     """Runs the stages of one experiment with shared flags; every output under `logs`."""
 
-    def __init__(self, preset: Preset, csv_root: Path, logs: Path, pos_enc: str):
+    def __init__(self, preset: Preset, csv_root: Path, logs: Path, pos_enc: str, color_aug: str):
         self.preset = preset
         self.csv_root = csv_root
         self.logs = logs
         self.pos_enc = pos_enc
+        self.color_aug = color_aug
         self.common = ["--csv_root", str(csv_root), "--dataset", "demo", "--img_dim", str(preset.img_dim),
                        "--batch_size", str(preset.batch_size), "--workers", str(preset.workers), "--device",
                        preset.device, *CLIP]
 
     def pretrain(self, attn: str, seed: int) -> Path:
         args = pretraining.parse_args([*self.common, "--epochs", str(self.preset.pretrain_epochs), "--attn", attn,
-                                       "--pos_enc", self.pos_enc, "--seed", str(seed), "--prefix", f"seed{seed}",
+                                       "--pos_enc", self.pos_enc, "--color_aug", self.color_aug, "--seed", str(seed),
+                                       "--prefix", f"seed{seed}",
                                        "--log_root", str(self.logs / "pretrain")])
         model_dir = run_folder(args, pretraining.run_name(args)) / "model"
         if not (model_dir / f"epoch{self.preset.pretrain_epochs}.pth.tar").is_file():
@@ -120,7 +123,10 @@ class Runner:
         """Finetunes or probes from `init` (a checkpoint or 'random'), then tests the last epoch."""
         epochs = self.preset.finetune_epochs if train_what == "ft" else self.preset.probe_epochs
         architecture = ["--attn", attn, "--pos_enc", self.pos_enc] if init == "random" else []
-        prefix = f"{attn}_pos-{self.pos_enc}_seed{seed}"  # a pretrained run is named after its checkpoint file
+        # A pretrained run's folder is named after its checkpoint file, so the prefix tells pretrainings apart;
+        # random-init runs do not depend on the pretraining's augmentation and are shared.
+        colour = f"_color-{self.color_aug}" if init != "random" and self.color_aug != "frame" else ""
+        prefix = f"{attn}_pos-{self.pos_enc}{colour}_seed{seed}"
         args = evaluation.parse_args([*self.common, "--epochs", str(epochs), "--pretrain", init, "--train_what",
                                       train_what, "--seed", str(seed), "--prefix", prefix, *architecture,
                                       "--log_root", str(self.logs / "finetune")])
@@ -182,6 +188,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--attn", nargs="+", default=["full", "causal"], choices=ATTENTION_KINDS)
     parser.add_argument("--pos_enc", default="none", choices=POSITION_KINDS)
+    parser.add_argument("--color_aug", default="frame", choices=COLOR_AUG_KINDS,
+                        help="pretraining's colour augmentation, per frame (the reference) or per clip")
     return parser.parse_args(argv)
 
 
@@ -191,17 +199,19 @@ def main(argv=None) -> int:
     out = (args.out or REPO_ROOT / "experiment_output" / args.preset).resolve()
     started = time.perf_counter()
     csv_root = prepare_dataset(out / "data", preset)
-    runner = Runner(preset, csv_root, out / "logs", args.pos_enc)
+    runner = Runner(preset, csv_root, out / "logs", args.pos_enc, args.color_aug)
     try:
         results = run_experiment(runner, args.attn, args.seeds)
     except (DataError, CheckpointError, pretraining.TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {user_error(error)}")
     minutes = (time.perf_counter() - started) / 60
     table = markdown_table(results, args.seeds)
-    summary = f"preset {args.preset} ({asdict(preset)}), pos_enc {args.pos_enc}, {minutes:.1f} minutes"
+    summary = (f"preset {args.preset} ({asdict(preset)}), pos_enc {args.pos_enc}, color_aug {args.color_aug}, "
+               f"{minutes:.1f} minutes")
     (out / "results.md").write_text(f"{table}\n\n{summary}\n")
     (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(preset),
-                                                  "pos_enc": args.pos_enc, "minutes": minutes,
+                                                  "pos_enc": args.pos_enc, "color_aug": args.color_aug,
+                                                  "minutes": minutes,
                                                   "results": [{"attn": attn, "init": init, **row}
                                                               for (attn, init), row in results.items()]},
                                                  indent=2) + "\n")

@@ -19,7 +19,7 @@ def test_table_gives_mean_and_sample_std_in_percent_per_row():
     assert lines[3] == "| causal | pretrained | 60.0 ± 14.1 | 60.0 ± 0.0 | 20.0 ± 0.0 |"
 
 
-def test_smoke_preset_runs_every_stage_and_a_rerun_reuses_the_finished_ones(tmp_path):
+def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_path):
     command = [sys.executable, str(REPO / "Evaluate/experiment.py"), "--preset", "smoke", "--seeds", "0",
                "--attn", "full", "--out", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
@@ -39,3 +39,13 @@ def test_smoke_preset_runs_every_stage_and_a_rerun_reuses_the_finished_ones(tmp_
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text())["results"] == report["results"]
     assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
+
+    # Another pretraining augmentation in the same folder: pretrained anew, the random-init runs reused.
+    third = subprocess.run([*command, "--color_aug", "clip"], capture_output=True, text=True, cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert len(list(tmp_path.glob("logs/**/epoch1.pth.tar"))) == 8  # a pretraining, a finetuning, a probe
+    assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
+    clip_report = json.loads((tmp_path / "results.json").read_text())
+    assert clip_report["color_aug"] == "clip"
+    assert [row for row in clip_report["results"] if row["init"] == "random"] == \
+        [row for row in report["results"] if row["init"] == "random"]
