@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from CPCTrans import main as pretraining
-from CPCTrans.checkpoint import CheckpointError
 from CPCTrans.augment import COLOR_AUG_KINDS
+from CPCTrans.checkpoint import CheckpointError
 from CPCTrans.data import DataError
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.resume import resumable_checkpoints

@@ -44,9 +44,8 @@ def test_pretraining_colour_drawn_per_clip_shares_one_draw_with_the_same_distrib
     for drawn in (params.gray, params.jitter_on, params.factors, params.order):
         assert (drawn == drawn[:, :1]).all(), "one colour draw for all frames of a clip"
     assert params.gray[:, 0].float().mean() == pytest.approx(0.5, abs=0.03)
-    brightness, contrast, saturation, hue = params.factors[:, 0].unbind(-1)
-    for factor, spread in ((brightness, 0.5), (contrast, 0.5), (saturation, 0.5), (hue, 0.25)):
-        centre = 0.0 if factor is hue else 1.0
+    # brightness, contrast and saturation factors in 1 +- 0.5, the hue shift in 0 +- 0.25
+    for factor, centre, spread in zip(params.factors[:, 0].unbind(-1), (1.0, 1.0, 1.0, 0.0), (0.5, 0.5, 0.5, 0.25)):
         assert factor.min() >= centre - spread and factor.max() <= centre + spread
         assert factor.max() - factor.min() > 1.9 * spread
     with pytest.raises(ValueError, match="colour augmentation"):
