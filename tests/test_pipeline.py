@@ -9,6 +9,8 @@ import cv2
 import pytest
 import torch
 
+from Evaluate import test as evaluation
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--img_dim", "64", "--batch_size", "4", "--workers", "1", "--device", "cpu", "--num_seq", "5",
          "--dataset", "demo", "--print_freq", "1"]
@@ -148,8 +150,9 @@ def test_missing_csv_is_one_clear_line(tmp_path):
     assert "classInd.txt" in result.stderr and "write_csv.py" in result.stderr
 
 
-def test_evaluation_flags_that_do_not_go_together_are_refused_in_one_line(tmp_path):
+def test_evaluation_flags_that_do_not_go_together_are_refused_in_one_line(capsys):
     for flags, message in ((["--test", "a.pth.tar", "--retrieval", "b.pth.tar"], "give one of them"),
                            (["--ten_crop"], "use it with --test")):
-        result = cli("Evaluate/test.py", *flags, cwd=tmp_path)
-        assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
+        with pytest.raises(SystemExit) as refused:
+            evaluation.main(flags)
+        assert refused.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from CPCTrans import main as pretraining
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -149,7 +151,7 @@ def test_unreadable_training_clips_are_replaced_then_stop_the_run_past_the_limit
     assert "more than --max_bad_samples 0" in last_line and str(broken) in last_line
 
 
-def test_too_small_img_dim_is_refused_in_one_line(demo_dataset, tmp_path):
-    result = subprocess.run(pretrain_command(demo_dataset, tmp_path, 1, "--img_dim", "16"), capture_output=True,
-                            text=True)
-    assert result.returncode != 0 and "--img_dim 16 is too small" in result.stderr
+def test_too_small_img_dim_is_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit) as refused:
+        pretraining.main(["--img_dim", "16"])
+    assert refused.value.code == 2 and "--img_dim 16 is too small" in capsys.readouterr().err.strip().splitlines()[-1]
