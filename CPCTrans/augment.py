@@ -37,7 +37,7 @@ TEST = Recipe(crop="center")
 COLOR_AUG_KINDS = ("frame", "clip")
 
 
-def pretraining_recipe(color_aug: str = "frame") -> Recipe:
+def pretraining_recipe(color_aug: str) -> Recipe:
     """The pretraining augmentation, its grayscale and colour jitter drawn per frame (the reference) or per clip."""
     if color_aug not in COLOR_AUG_KINDS:
         raise ValueError(f"colour augmentation must be one of {COLOR_AUG_KINDS}, got {color_aug!r}")

@@ -185,7 +185,8 @@ def train(args: argparse.Namespace) -> Path:
                                                        model_dir)
 
     writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
-    augmenters = {stage: ClipAugment(pretraining_recipe(args.color_aug), args.img_dim) for stage in ("train", "val")}
+    recipe = pretraining_recipe(args.color_aug)
+    augmenters = {stage: ClipAugment(recipe, args.img_dim) for stage in ("train", "val")}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile}); "
           f"logs and checkpoints in {run_dir}")

@@ -123,10 +123,10 @@ class Runner:
         """Finetunes or probes from `init` (a checkpoint or 'random'), then tests the last epoch."""
         epochs = self.preset.finetune_epochs if train_what == "ft" else self.preset.probe_epochs
         architecture = ["--attn", attn, "--pos_enc", self.pos_enc] if init == "random" else []
-        # A pretrained run's folder is named after its checkpoint file, so the prefix tells pretrainings apart;
-        # random-init runs do not depend on the pretraining's augmentation and are shared.
-        colour = f"_color-{self.color_aug}" if init != "random" and self.color_aug != "frame" else ""
-        prefix = f"{attn}_pos-{self.pos_enc}{colour}_seed{seed}"
+        # A finetuning run is named after its checkpoint's file only: the pretraining's run folder, which names
+        # every pretraining choice, keeps runs from different pretrainings apart. Random-init runs are shared.
+        source = "random" if init == "random" else Path(init).parents[1].name
+        prefix = f"{attn}_pos-{self.pos_enc}_seed{seed}_{source}"
         args = evaluation.parse_args([*self.common, "--epochs", str(epochs), "--pretrain", init, "--train_what",
                                       train_what, "--seed", str(seed), "--prefix", prefix, *architecture,
                                       "--log_root", str(self.logs / "finetune")])
