@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import torch
-from tensorboardX import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
@@ -22,7 +21,8 @@ from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
-                              prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, user_error)
+                              prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, stage_writers,
+                              user_error)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -184,14 +184,13 @@ def train(args: argparse.Namespace) -> Path:
     best_acc, start_step, resume_rng = resume_training(args, model, model.config, optimizer, scheduler,
                                                        model_dir)
 
-    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     recipe = pretraining_recipe(args.color_aug)
     augmenters = {stage: ClipAugment(recipe, args.img_dim) for stage in ("train", "val")}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile}); "
           f"logs and checkpoints in {run_dir}")
 
-    with GracefulStop() as stop:
+    with stage_writers(run_dir) as writers, GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):
             skip = start_step if epoch == args.start_epoch else 0
             begin_epoch(loaders["train"], augmenters["train"], args.seed, epoch, skip, resume_rng, device)
@@ -217,8 +216,6 @@ def train(args: argparse.Namespace) -> Path:
             if stop.requested:
                 print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
                 return model_dir
-    for writer in writers.values():
-        writer.close()
     return model_dir
 
 

@@ -1,9 +1,10 @@
 """What the training and testing CLIs share: device and speed flags, autocast, checkpoint rotation, errors."""
 import argparse
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from tensorboardX import SummaryWriter
 
 from CPCTrans.checkpoint import save_atomic
 
@@ -23,6 +24,17 @@ def split_csv(args, stage: str) -> Path:
 def run_folder(args, name: str) -> Path:
     """Where run `name` keeps its logs (img/) and checkpoints (model/)."""
     return Path(args.log_root) / f"log_{args.prefix}" / name
+
+
+@contextmanager
+def stage_writers(run_dir: Path):
+    """Tensorboard writers for img/train and img/val, flushed and closed however the run ends (a stop, an error)."""
+    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
+    try:
+        yield writers
+    finally:
+        for writer in writers.values():
+            writer.close()
 
 
 def select_device(choice: str, gpu: str) -> torch.device:

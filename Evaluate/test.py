@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tensorboardX import SummaryWriter
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -25,7 +24,8 @@ from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
-                              prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, user_error)
+                              prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, stage_writers,
+                              user_error)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 from Evaluate.retrieval import recall_at_k, video_features
@@ -199,12 +199,11 @@ def finetune(args: argparse.Namespace) -> Path:
     model_dir = run_dir / "model"
     best_acc, start_step, resume_rng = resume_training(args, model, config, optimizer, scheduler, model_dir)
 
-    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
     augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim), "val": ClipAugment(FINETUNE_VAL, args.img_dim)}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
           f"compile={args.compile}); logs and checkpoints in {run_dir}")
-    with GracefulStop() as stop:
+    with stage_writers(run_dir) as writers, GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):
             skip = start_step if epoch == args.start_epoch else 0
             begin_epoch(loaders["train"], augmenters["train"], args.seed, epoch, skip, resume_rng, device)
@@ -231,8 +230,6 @@ def finetune(args: argparse.Namespace) -> Path:
             if stop.requested:
                 print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
                 return model_dir
-    for writer in writers.values():
-        writer.close()
     best = sorted(model_dir.glob("model_best_epoch*.pth.tar"))
     if best:
         print(f"best checkpoint: {best[-1]}")

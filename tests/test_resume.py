@@ -1,4 +1,8 @@
-"""Never lose a run: exact resume after an epoch or after SIGTERM mid-epoch, and a NaN loss stops cleanly."""
+"""Never lose a run: exact resume after an epoch or after SIGTERM mid-epoch, and a NaN loss stops cleanly.
+
+The runs that are stopped by a signal are real processes; the others call the same CLI entry points in this
+process (the command line itself is tested end to end in test_pipeline.py).
+"""
 import shutil
 import signal
 import subprocess
@@ -10,21 +14,34 @@ import pytest
 import torch
 
 from CPCTrans import main as pretraining
+from Evaluate import test as evaluation
 
 REPO = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = {"CPCTrans/main.py": pretraining.main, "Evaluate/test.py": evaluation.main}
+
+
+def run_flags(demo_dataset, log_root, epochs, *extra):
+    flags = ["--img_dim", "64", "--batch_size", "4", "--workers", "0", "--device", "cpu", "--dataset", "demo",
+             "--csv_root", demo_dataset / "csv", "--log_root", log_root, "--epochs", epochs, *extra]
+    return list(map(str, flags))
 
 
 def pretrain_command(demo_dataset, log_root, epochs, *extra, script="CPCTrans/main.py"):
-    flags = ["--img_dim", "64", "--batch_size", "4", "--workers", "0", "--device", "cpu", "--dataset", "demo",
-             "--csv_root", demo_dataset / "csv", "--log_root", log_root, "--epochs", epochs, *extra]
-    return [sys.executable, str(REPO / script), *map(str, flags)]
+    return [sys.executable, str(REPO / script), *run_flags(demo_dataset, log_root, epochs, *extra)]
 
 
 def pretrain(demo_dataset, log_root, epochs, *extra, script="CPCTrans/main.py"):
-    result = subprocess.run(pretrain_command(demo_dataset, log_root, epochs, *extra, script=script),
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return result
+    """Runs `script`'s entry point in this process; a refusal raises SystemExit with its one line."""
+    ENTRY_POINTS[script](run_flags(demo_dataset, log_root, epochs, *extra))
+
+
+def refusal(demo_dataset, log_root, epochs, *extra) -> str:
+    """The one line a pretraining run that must be refused exits with."""
+    with pytest.raises(SystemExit) as refused:
+        pretrain(demo_dataset, log_root, epochs, *extra)
+    message = refused.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
+    return message
 
 
 def final_weights(log_root, epochs):
@@ -52,10 +69,11 @@ def assert_same_weights(first, second):
         assert torch.equal(first[name], second[name]), name
 
 
-def test_resumed_run_ends_with_the_uninterrupted_weights(demo_dataset, tmp_path, uninterrupted):
+def test_resumed_run_ends_with_the_uninterrupted_weights(demo_dataset, tmp_path, uninterrupted, capsys):
     pretrain(demo_dataset, tmp_path / "resumed", 1)
-    result = pretrain(demo_dataset, tmp_path / "resumed", 2, "--resume", "latest")
-    assert "at epoch 1" in result.stdout
+    capsys.readouterr()
+    pretrain(demo_dataset, tmp_path / "resumed", 2, "--resume", "latest")
+    assert "at epoch 1" in capsys.readouterr().out
     assert_same_weights(uninterrupted(2), final_weights(tmp_path / "resumed", 2))
 
 
@@ -103,9 +121,8 @@ def test_a_fresh_run_in_a_folder_holding_checkpoints_is_refused_and_changes_noth
     pretrain(demo_dataset, tmp_path, 1)
     model_dir = next(tmp_path.glob("log_tmp/*/model"))
     before = {path.name: path.read_bytes() for path in model_dir.iterdir()}
-    result = subprocess.run(pretrain_command(demo_dataset, tmp_path, 2), capture_output=True, text=True)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "--resume latest" in result.stderr and str(model_dir) in result.stderr
+    message = refusal(demo_dataset, tmp_path, 2)
+    assert "--resume latest" in message and str(model_dir) in message
     assert {path.name: path.read_bytes() for path in model_dir.iterdir()} == before
 
 
@@ -113,10 +130,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(demo_dataset
     pretrain(demo_dataset, tmp_path, 1)
     good = next(tmp_path.glob("log_tmp/*/model/epoch1.pth.tar"))
     before = good.read_bytes()
-    result = subprocess.run(pretrain_command(demo_dataset, tmp_path, 3, "--resume", good, "--reset_lr",
-                                             "--lr", "1e30"), capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "the loss is nan" in result.stderr and "Traceback" not in result.stderr
+    assert "the loss is nan" in refusal(demo_dataset, tmp_path, 3, "--resume", good, "--reset_lr", "--lr", "1e30")
     assert good.read_bytes() == before
     assert not list(tmp_path.glob("log_tmp/*/model/epoch[23].pth.tar"))
 
@@ -136,19 +150,14 @@ def dataset_with_a_broken_video(demo_dataset, root):
     return csv_root, broken
 
 
-def test_unreadable_training_clips_are_replaced_then_stop_the_run_past_the_limit(demo_dataset, tmp_path):
+def test_unreadable_training_clips_are_replaced_then_stop_the_run_past_the_limit(demo_dataset, tmp_path, capsys):
     csv_root, broken = dataset_with_a_broken_video(demo_dataset, tmp_path)
     flags = ["--csv_root", csv_root, "--batch_size", "5"]
-    result = subprocess.run(pretrain_command(demo_dataset, tmp_path / "logs", 1, *flags), capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stderr
-    assert f"replaced an unreadable clip: {broken}" in result.stderr + result.stdout
-    strict = subprocess.run(pretrain_command(demo_dataset, tmp_path / "strict", 1, *flags, "--max_bad_samples", 0),
-                            capture_output=True, text=True)
-    assert strict.returncode != 0
-    last_line = strict.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in strict.stderr and last_line.startswith("error: ")
-    assert "more than --max_bad_samples 0" in last_line and str(broken) in last_line
+    pretrain(demo_dataset, tmp_path / "logs", 1, *flags)
+    logged = capsys.readouterr()
+    assert f"replaced an unreadable clip: {broken}" in logged.err + logged.out
+    message = refusal(demo_dataset, tmp_path / "strict", 1, *flags, "--max_bad_samples", 0)
+    assert "more than --max_bad_samples 0" in message and str(broken) in message
 
 
 def test_too_small_img_dim_is_refused_in_one_line(capsys):
