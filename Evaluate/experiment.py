@@ -15,6 +15,8 @@ import json
 import statistics
 import sys
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -104,9 +106,18 @@ class Runner:
         self.logs = logs
         self.pos_enc = pos_enc
         self.color_aug = color_aug
+        self.seconds = defaultdict(float)  # wall time per kind of stage: where a preset's budget goes
         self.common = ["--csv_root", str(csv_root), "--dataset", "demo", "--img_dim", str(preset.img_dim),
                        "--batch_size", str(preset.batch_size), "--workers", str(preset.workers), "--device",
                        preset.device, *CLIP]
+
+    @contextmanager
+    def timed(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - started
 
     def pretrain(self, attn: str, seed: int) -> Path:
         args = pretraining.parse_args([*self.common, "--epochs", str(self.preset.pretrain_epochs), "--attn", attn,
@@ -114,9 +125,10 @@ class Runner:
                                        "--prefix", f"seed{seed}",
                                        "--log_root", str(self.logs / "pretrain")])
         model_dir = run_folder(args, pretraining.run_name(args)) / "model"
-        if not (model_dir / f"epoch{self.preset.pretrain_epochs}.pth.tar").is_file():
-            continue_run(args, model_dir)
-            pretraining.train(args)
+        with self.timed("pretraining"):
+            if not (model_dir / f"epoch{self.preset.pretrain_epochs}.pth.tar").is_file():
+                continue_run(args, model_dir)
+                pretraining.train(args)
         return last_checkpoint(model_dir, self.preset.pretrain_epochs)
 
     def classify(self, init: str, attn: str, seed: int, train_what: str) -> dict:
@@ -141,7 +153,8 @@ class Runner:
             evaluation.test(evaluation.parse_args(["--test", str(last_checkpoint(model_dir, epochs)), "--csv_root",
                                                    str(self.csv_root), "--workers", str(self.preset.workers),
                                                    "--device", self.preset.device]))
-        return cached(checkpoint.with_name(checkpoint.name + ".test.json"), finetune_and_test)
+        with self.timed("finetuning and test" if train_what == "ft" else "linear probe and test"):
+            return cached(checkpoint.with_name(checkpoint.name + ".test.json"), finetune_and_test)
 
     def retrieve(self, init: str, attn: str, seed: int) -> dict:
         architecture = ["--attn", attn, "--pos_enc", self.pos_enc] if init == "random" else []
@@ -149,7 +162,8 @@ class Runner:
                                       "--prefix", "retrieval", "--log_root", str(self.logs / "retrieval")])
         path = (Path(init).with_name(Path(init).name + ".retrieval.json") if init != "random" else
                 evaluation.random_retrieval_path(args, attn, self.pos_enc))
-        return cached(path, lambda: evaluation.retrieve(args))
+        with self.timed("retrieval"):
+            return cached(path, lambda: evaluation.retrieve(args))
 
 
 def run_experiment(runner: Runner, attns: list[str], seeds: list[int]) -> dict:
@@ -205,13 +219,15 @@ def main(argv=None) -> int:
     except (DataError, CheckpointError, pretraining.TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {user_error(error)}")
     minutes = (time.perf_counter() - started) / 60
+    stage_minutes = {stage: round(seconds / 60, 2) for stage, seconds in runner.seconds.items()}
     table = markdown_table(results, args.seeds)
     summary = (f"preset {args.preset} ({asdict(preset)}), pos_enc {args.pos_enc}, color_aug {args.color_aug}, "
-               f"{minutes:.1f} minutes")
+               f"{minutes:.1f} minutes (" + ", ".join(f"{stage} {value:.1f}" for stage, value in stage_minutes.items())
+               + ")")
     (out / "results.md").write_text(f"{table}\n\n{summary}\n")
     (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(preset),
                                                   "pos_enc": args.pos_enc, "color_aug": args.color_aug,
-                                                  "minutes": minutes,
+                                                  "minutes": minutes, "minutes_by_stage": stage_minutes,
                                                   "results": [{"attn": attn, "init": init, **row}
                                                               for (attn, init), row in results.items()]},
                                                  indent=2) + "\n")
