@@ -25,7 +25,7 @@ from CPCTrans.cpc import CPCTrans
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, make_loader
 from CPCTrans.main import train_step
 from CPCTrans.prefetch import DeviceBatches
-from CPCTrans.runtime import add_speed_flags, prepare_model, resolve_speed_flags
+from CPCTrans.runtime import adam, add_speed_flags, prepare_model, resolve_speed_flags
 from ProcessData.make_demo import CLASSES, camera_video
 
 
@@ -103,7 +103,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     device = resolve_speed_flags(args)
     model = CPCTrans(num_seq=args.num_seq, pred_step=args.pred_step)
     step_model = prepare_model(model, device, args.compile).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5, fused=device.type == "cuda")
+    optimizer = adam(model.parameters(), device, lr=1e-3, weight_decay=1e-5)
     augmenter = ClipAugment(PRETRAIN, args.img_dim, seed=0)
     clips_needed = args.batch_size * (args.steps + args.warmup)
     dataset = ClipDataset(records * max(1, -(-clips_needed // len(records))), args.num_seq, args.ds,

@@ -20,7 +20,7 @@ from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
+from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
                               prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, stage_writers,
                               user_error)
 
@@ -176,7 +176,7 @@ def train(args: argparse.Namespace) -> Path:
         model.encoder.backbone.requires_grad_(False)
     step_model = prepare_model(model, device, args.compile)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=args.lr, weight_decay=args.wd, fused=device.type == "cuda")
+    optimizer = adam(parameters, device, args.lr, args.wd)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)
     run_dir = run_folder(args, run_name(args))
     model_dir = run_dir / "model"

@@ -120,6 +120,13 @@ def resolve_speed_flags(args) -> torch.device:
     return device
 
 
+def adam(params, device: torch.device, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam with multi-tensor kernels: fused on CUDA; on the CPU foreach, which gives the same bits as the default
+    per-tensor loop (which torch picks for CPU tensors) in a fraction of the time."""
+    kernels = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kernels)
+
+
 def prepare_model(model: torch.nn.Module, device: torch.device, compile_model: bool) -> torch.nn.Module:
     """Moves `model` to `device` (channels_last on CUDA); returns the module to call, compiled if asked.
 

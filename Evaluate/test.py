@@ -23,7 +23,7 @@ from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import (REPO_ROOT, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
+from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
                               prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, stage_writers,
                               user_error)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
@@ -189,8 +189,7 @@ def finetune(args: argparse.Namespace) -> Path:
     if pretrained is not None:
         print(load_pretrained(model, args.pretrain, pretrained))
     step_model = prepare_model(model, device, args.compile)
-    optimizer = torch.optim.Adam(model.param_groups(args.train_what, args.lr), lr=args.lr, weight_decay=args.wd,
-                                 fused=device.type == "cuda")
+    optimizer = adam(model.param_groups(args.train_what, args.lr), device, args.lr, args.wd)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.1)
     config = {**model.config, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
               "dataset": args.dataset, "split": args.split}

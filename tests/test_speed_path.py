@@ -13,6 +13,7 @@ from CPCTrans.augment import PRETRAIN, apply_params, sample_params
 from CPCTrans.cpc import CPCTrans
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, collate_clips, read_index
 from CPCTrans.main import pretext_loss, train_step
+from CPCTrans.runtime import adam
 
 REPO = Path(__file__).resolve().parents[1]
 BF16_TOLERANCE = 0.02  # relative difference of the initial loss, bf16 autocast vs fp32
@@ -45,6 +46,23 @@ def test_a_short_run_lowers_the_loss(amp):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = [train_step(model, optimizer, clips, torch.device("cpu"), amp)[0].item() for _ in range(6)]
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_cpu_adam_gives_the_bits_of_torchs_default_per_tensor_adam():
+    """runtime.adam uses multi-tensor kernels on the CPU for speed; the weights must not change by one bit."""
+    cpu = torch.device("cpu")
+    weights = []
+    for make in (lambda params: adam(params, cpu, lr=1e-3, weight_decay=1e-5),
+                 lambda params: torch.optim.Adam(params, lr=1e-3, weight_decay=1e-5, foreach=False)):
+        model = fresh_model()
+        optimizer = make(model.parameters())
+        gradients = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for param in model.parameters():
+                param.grad = torch.randn(param.shape, generator=gradients)
+            optimizer.step()
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
 def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
