@@ -22,7 +22,7 @@ from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
                               prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, stage_writers,
-                              user_error)
+                              user_error, validates)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -155,13 +155,15 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
 
 
 def epoch_line(epoch: int, epochs: int, train: dict, val: dict, checkpoint: str) -> str:
-    """The console line of one epoch. The shares of wrong validation picks say why a pretext is stuck:
-    mostly temporal at the 1/3 plateau (right video and position, wrong step), mostly other-video
-    when only positions are told apart."""
-    return (f"epoch {epoch}/{epochs}  train loss {train['loss']:.4f} top1 {train['top1']:.4f}  "
-            f"val loss {val['loss']:.4f} top1 {val['top1']:.4f} top3 {val['top3']:.4f} top5 {val['top5']:.4f}  "
-            f"wrong picks: spatial {val['wrong_spatial']:.2f} temporal {val['wrong_temporal']:.2f} "
-            f"other video {val['wrong_easy']:.2f}  -> {checkpoint}")
+    """The console line of one epoch (`val` is empty when --val_freq skipped validation). The shares of wrong
+    validation picks say why a pretext is stuck: mostly temporal at the 1/3 plateau (right video and position,
+    wrong step), mostly other-video when only positions are told apart."""
+    line = f"epoch {epoch}/{epochs}  train loss {train['loss']:.4f} top1 {train['top1']:.4f}  "
+    if val:
+        line += (f"val loss {val['loss']:.4f} top1 {val['top1']:.4f} top3 {val['top3']:.4f} top5 {val['top5']:.4f}  "
+                 f"wrong picks: spatial {val['wrong_spatial']:.2f} temporal {val['wrong_temporal']:.2f} "
+                 f"other video {val['wrong_easy']:.2f}  ")
+    return line + f"-> {checkpoint}"
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -201,15 +203,17 @@ def train(args: argparse.Namespace) -> Path:
                 state = training_state(model, model.config, optimizer, scheduler, args, epoch, steps, best_acc, rng)
                 save_interrupted(state, model_dir, stop.requested)
                 return model_dir
-            begin_validation(loaders["val"], augmenters["val"], args.seed, epoch)
-            val_metrics, _ = run_epoch(step_model, loaders["val"], augmenters["val"], None, device, epoch, args,
-                                       bad_samples)
+            val_metrics = {}
+            if validates(args, epoch):
+                begin_validation(loaders["val"], augmenters["val"], args.seed, epoch)
+                val_metrics, _ = run_epoch(step_model, loaders["val"], augmenters["val"], None, device, epoch, args,
+                                           bad_samples)
             scheduler.step()
             for stage, metrics in (("train", train_metrics), ("val", val_metrics)):
                 for key, value in metrics.items():
                     writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
-            is_best = val_metrics["top1"] >= best_acc
-            best_acc = max(best_acc, val_metrics["top1"])
+            is_best = bool(val_metrics) and val_metrics["top1"] >= best_acc
+            best_acc = max(best_acc, val_metrics.get("top1", best_acc))
             path = save_epoch(training_state(model, model.config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
                               model_dir, epoch + 1, is_best)
             tqdm.write(epoch_line(epoch + 1, args.epochs, train_metrics, val_metrics, path.name))

@@ -67,12 +67,24 @@ def save_epoch(state: dict, model_dir: Path, epoch: int, is_best: bool) -> Path:
 
 
 
+def validates(args, epoch: int) -> bool:
+    """Whether 0-based `epoch` ends with a validation (--val_freq); the last epoch always does."""
+    return (epoch + 1) % args.val_freq == 0 or epoch + 1 == args.epochs
+
+
 def user_error(error: Exception) -> str:
     """One line for an error a user caused; errors raised in a loader worker arrive wrapped in a traceback."""
     last_line = str(error).strip().splitlines()[-1]
     if "Original Traceback" in str(error):
         return last_line.split(": ", 1)[-1]
     return last_line
+
+
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_run_flags(parser, log_root: Path) -> None:
@@ -82,6 +94,8 @@ def add_run_flags(parser, log_root: Path) -> None:
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--max_bad_samples", default=10, type=int,
                         help="unreadable training clips replaced and logged before the run stops")
+    parser.add_argument("--val_freq", default=1, type=at_least_one,
+                        help="validate every N epochs and after the last; training is the same whatever N is")
 
 
 def add_speed_flags(parser) -> None:

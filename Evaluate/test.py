@@ -25,7 +25,7 @@ from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
                               prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, stage_writers,
-                              user_error)
+                              user_error, validates)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 from Evaluate.retrieval import recall_at_k, video_features
@@ -212,20 +212,22 @@ def finetune(args: argparse.Namespace) -> Path:
                 save_interrupted(training_state(model, config, optimizer, scheduler, args, epoch, steps, best_acc,
                                                 rng_snapshot(augmenters["train"], device)), model_dir, stop.requested)
                 return model_dir
-            begin_validation(loaders["val"], augmenters["val"], args.seed, epoch)
-            val_results, _ = run_epoch(model, step_model, loaders["val"], augmenters["val"], None, device, args,
-                                       epoch, writers["val"], bad_samples)
+            val_results = {}
+            if validates(args, epoch):
+                begin_validation(loaders["val"], augmenters["val"], args.seed, epoch)
+                val_results, _ = run_epoch(model, step_model, loaders["val"], augmenters["val"], None, device, args,
+                                           epoch, writers["val"], bad_samples)
             for stage, results in (("train", train_results), ("val", val_results)):
                 for key, value in results.items():
                     writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
             scheduler.step()
-            is_best = val_results["top1"] >= best_acc
-            best_acc = max(best_acc, val_results["top1"])
+            is_best = bool(val_results) and val_results["top1"] >= best_acc
+            best_acc = max(best_acc, val_results.get("top1", best_acc))
             path = save_epoch(training_state(model, config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
                               model_dir, epoch + 1, is_best)
+            validation = f"val loss {val_results['loss']:.4f} top1 {val_results['top1']:.4f}  " if val_results else ""
             tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {train_results['loss']:.4f} "
-                       f"top1 {train_results['top1']:.4f}  val loss {val_results['loss']:.4f} "
-                       f"top1 {val_results['top1']:.4f}  -> {path.name}")
+                       f"top1 {train_results['top1']:.4f}  {validation}-> {path.name}")
             if stop.requested:
                 print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
                 return model_dir

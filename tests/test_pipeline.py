@@ -9,6 +9,7 @@ import cv2
 import pytest
 import torch
 
+from CPCTrans import main as pretraining
 from Evaluate import test as evaluation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,3 +157,11 @@ def test_evaluation_flags_that_do_not_go_together_are_refused_in_one_line(capsys
         with pytest.raises(SystemExit) as refused:
             evaluation.main(flags)
         assert refused.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("entry_point", [pretraining.main, evaluation.main])
+def test_a_val_freq_below_one_is_refused_in_one_line(entry_point, capsys):
+    with pytest.raises(SystemExit) as refused:
+        entry_point(["--val_freq", "0"])
+    assert refused.value.code == 2
+    assert "--val_freq: must be at least 1, got 0" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -99,6 +99,15 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_latest_finishes_exactly(demo
     assert_same_weights(uninterrupted(3, script), final_weights(stopped, 3))
 
 
+# Every training epoch reseeds all it draws from, so validating fewer epochs (--val_freq) must change no weight.
+@pytest.mark.parametrize("script", ["CPCTrans/main.py", "Evaluate/test.py"])
+def test_validating_every_second_epoch_trains_exactly_the_same(demo_dataset, tmp_path, script, uninterrupted, capsys):
+    pretrain(demo_dataset, tmp_path, 3, "--val_freq", "2", script=script)
+    epoch_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert ["val loss" in line for line in epoch_lines] == [False, True, True]
+    assert_same_weights(uninterrupted(3, script), final_weights(tmp_path, 3))
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.7])
 def test_sigkill_at_any_moment_then_resume_latest_ends_with_the_same_weights(demo_dataset, tmp_path, delay,
                                                                             uninterrupted):
