@@ -66,7 +66,6 @@ def save_epoch(state: dict, model_dir: Path, epoch: int, is_best: bool) -> Path:
     return path
 
 
-
 def validates(args, epoch: int) -> bool:
     """Whether 0-based `epoch` ends with a validation (--val_freq); the last epoch always does."""
     return (epoch + 1) % args.val_freq == 0 or epoch + 1 == args.epochs
@@ -135,8 +134,8 @@ def resolve_speed_flags(args) -> torch.device:
 
 
 def adam(params, device: torch.device, lr: float, weight_decay: float) -> torch.optim.Adam:
-    """Adam with multi-tensor kernels: fused on CUDA; on the CPU foreach, which gives the same bits as the default
-    per-tensor loop (which torch picks for CPU tensors) in a fraction of the time."""
+    """Adam with multi-tensor kernels: fused on CUDA; on the CPU foreach, which gives the same bits as the per-tensor
+    loop torch picks by default for CPU tensors, with far fewer ops (much faster when the cores are busy)."""
     kernels = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kernels)
 
