@@ -1,4 +1,5 @@
-"""What the training and testing CLIs share: device and speed flags, autocast, checkpoint rotation, errors."""
+"""What the training and testing CLIs share: device and speed flags, autocast, Adam, checkpoint rotation, the
+validation schedule, tensorboard writers, errors."""
 import argparse
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
