@@ -20,9 +20,9 @@ from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
-                              prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, stage_writers,
-                              user_error, validates)
+from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, best_after, check_img_dim,
+                              csv_root, prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv,
+                              stage_writers, user_error, validates)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -212,8 +212,7 @@ def train(args: argparse.Namespace) -> Path:
             for stage, metrics in (("train", train_metrics), ("val", val_metrics)):
                 for key, value in metrics.items():
                     writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
-            is_best = bool(val_metrics) and val_metrics["top1"] >= best_acc
-            best_acc = max(best_acc, val_metrics.get("top1", best_acc))
+            is_best, best_acc = best_after(val_metrics, best_acc)
             path = save_epoch(training_state(model, model.config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
                               model_dir, epoch + 1, is_best)
             tqdm.write(epoch_line(epoch + 1, args.epochs, train_metrics, val_metrics, path.name))

@@ -72,6 +72,13 @@ def validates(args, epoch: int) -> bool:
     return (epoch + 1) % args.val_freq == 0 or epoch + 1 == args.epochs
 
 
+def best_after(val: dict, best_acc: float) -> tuple[bool, float]:
+    """(is this epoch the best so far, best top-1) after an epoch whose validation is `val` (empty when skipped)."""
+    if not val:
+        return False, best_acc
+    return val["top1"] >= best_acc, max(best_acc, val["top1"])
+
+
 def user_error(error: Exception) -> str:
     """One line for an error a user caused; errors raised in a loader worker arrive wrapped in a traceback."""
     last_line = str(error).strip().splitlines()[-1]

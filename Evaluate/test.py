@@ -23,9 +23,9 @@ from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, check_img_dim, csv_root,
-                              prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv, stage_writers,
-                              user_error, validates)
+from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, best_after, check_img_dim,
+                              csv_root, prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv,
+                              stage_writers, user_error, validates)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 from Evaluate.retrieval import recall_at_k, video_features
@@ -221,8 +221,7 @@ def finetune(args: argparse.Namespace) -> Path:
                 for key, value in results.items():
                     writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
             scheduler.step()
-            is_best = bool(val_results) and val_results["top1"] >= best_acc
-            best_acc = max(best_acc, val_results.get("top1", best_acc))
+            is_best, best_acc = best_after(val_results, best_acc)
             path = save_epoch(training_state(model, config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
                               model_dir, epoch + 1, is_best)
             validation = f"val loss {val_results['loss']:.4f} top1 {val_results['top1']:.4f}  " if val_results else ""
