@@ -189,7 +189,7 @@ def train(args: argparse.Namespace) -> Path:
     recipe = pretraining_recipe(args.color_aug)
     augmenters = {stage: ClipAugment(recipe, args.img_dim) for stage in ("train", "val")}
     bad_samples = BadSamples(args.max_bad_samples)
-    print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile}); "
+    print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile or 'off'}); "
           f"logs and checkpoints in {run_dir}")
 
     with stage_writers(run_dir) as writers, GracefulStop() as stop:

@@ -105,6 +105,9 @@ def add_run_flags(parser, log_root: Path) -> None:
                         help="validate every N epochs and after the last; training is the same whatever N is")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
 def add_speed_flags(parser) -> None:
     """Flags of every training and testing CLI that choose where and how fast the work runs."""
     parser.add_argument("--workers", default=4, type=int, help="data loader processes")
@@ -115,7 +118,10 @@ def add_speed_flags(parser) -> None:
     parser.add_argument("--decode", default="cpu", choices=["cpu", "gpu"],
                         help="where JPEGs are decoded: in the loader workers (cpu) or batched with nvJPEG (gpu; "
                              "its pixels differ from libjpeg's, see README)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
+                        help="torch.compile the model; MODE reduce-overhead also replays each step as a CUDA graph, "
+                             "which removes the per-kernel launch cost that bounds small batches (choices: "
+                             + ", ".join(COMPILE_MODES) + "; --compile alone: default)")
     parser.add_argument("--prefetch", default=None, type=int,
                         help="batches copied and augmented ahead in a background thread (default: 2 on CUDA, "
                              "0 on the CPU, where the step and the thread would share the same cores)")
@@ -148,8 +154,9 @@ def adam(params, device: torch.device, lr: float, weight_decay: float) -> torch.
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kernels)
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device, compile_model: bool) -> torch.nn.Module:
-    """Moves `model` to `device` (channels_last on CUDA); returns the module to call, compiled if asked.
+def prepare_model(model: torch.nn.Module, device: torch.device, compile_mode: str | None) -> torch.nn.Module:
+    """Moves `model` to `device` (channels_last on CUDA); returns the module to call, compiled in `compile_mode`
+    (one of COMPILE_MODES) unless that is None.
 
     Keep the uncompiled `model` for state_dict(): compiled modules prefix every name.
     """
@@ -157,4 +164,4 @@ def prepare_model(model: torch.nn.Module, device: torch.device, compile_model: b
         model.encoder.channels_last = True
         model.to(memory_format=torch.channels_last)
     model.to(device)
-    return torch.compile(model) if compile_model else model
+    return torch.compile(model, mode=compile_mode) if compile_mode else model

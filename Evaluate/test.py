@@ -201,7 +201,7 @@ def finetune(args: argparse.Namespace) -> Path:
     augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim), "val": ClipAugment(FINETUNE_VAL, args.img_dim)}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
-          f"compile={args.compile}); logs and checkpoints in {run_dir}")
+          f"compile={args.compile or 'off'}); logs and checkpoints in {run_dir}")
     with stage_writers(run_dir) as writers, GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):
             skip = start_step if epoch == args.start_epoch else 0
