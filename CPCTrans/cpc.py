@@ -108,8 +108,10 @@ class PretextMetrics:
         ranked = scores.topk(k, dim=1).indices
         correct = ranked == torch.arange(rows, device=scores.device)[:, None]
         hits = torch.stack([correct[:, :min(topk, k)].any(dim=1).sum() for topk in self.TOPK])
-        picked_kind = self._kinds(shape, scores.device).gather(1, ranked[:, :1]).long().flatten()
-        picks = torch.bincount(picked_kind, minlength=len(KIND_NAMES))
+        picked_kind = self._kinds(shape, scores.device).gather(1, ranked[:, :1])
+        # Counted by comparison: bincount on a GPU reads the largest value back to the host.
+        kinds = torch.arange(len(KIND_NAMES), device=scores.device, dtype=picked_kind.dtype)
+        picks = (picked_kind == kinds).sum(dim=0)
         self.hits = hits if self.hits is None else self.hits + hits
         self.picks = picks if self.picks is None else self.picks + picks
         self.loss_sum = self.loss_sum + loss.detach().float() * rows

@@ -1,5 +1,6 @@
 """The fast path is the same method: bf16 agrees with fp32, both learn, the benchmark runs, GPU pieces match CPU."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from CPCTrans import benchmark
-from CPCTrans.augment import PRETRAIN, apply_params, sample_params
-from CPCTrans.cpc import CPCTrans
+from CPCTrans.augment import PRETRAIN, ClipAugment, apply_params, sample_params
+from CPCTrans.cpc import CPCTrans, PretextMetrics
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, collate_clips, read_index
 from CPCTrans.main import pretext_loss, train_step
 from CPCTrans.runtime import adam, prepare_model
@@ -158,6 +159,32 @@ def test_bf16_on_gpu_agrees_with_fp32():
         fp32 = pretext_loss(model, clips, gpu(), amp=False)[0]
         bf16 = pretext_loss(model, clips, gpu(), amp=True)[0]
     assert abs(bf16.item() - fp32.item()) / fp32.item() < BF16_TOLERANCE
+
+
+@pytest.mark.cuda
+def test_preparing_batches_and_training_steps_never_wait_for_the_gpu():
+    """Copy, augmentation, training step and metrics queue their GPU work and return. A synchronisation would
+    hold the thread preparing batches ahead, or the training loop, until the GPU has caught up."""
+    clips = torch.randint(0, 256, (4, 5, 3, 240, 320), dtype=torch.uint8).pin_memory()
+    sizes = torch.tensor([[240, 320]] * 4)
+    augment = ClipAugment(PRETRAIN, 64, seed=0)  # flips, grayscale and all four jitter operations in 3 batches
+    model = fresh_model()
+    step_model = prepare_model(model, gpu(), None).train()
+    optimizer = adam(model.parameters(), gpu(), lr=1e-3, weight_decay=1e-5)
+    metrics = PretextMetrics()
+
+    def one_step():
+        inputs = augment(*clips_to_device(clips, sizes, gpu()))
+        metrics.update(*train_step(step_model, optimizer, inputs, gpu(), amp=True))
+
+    one_step()  # first use: library handles, the optimizer's state
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            one_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert metrics.batches == 4 and math.isfinite(metrics.summary()["loss"])
 
 
 def without_dropout(model: CPCTrans) -> CPCTrans:
