@@ -108,6 +108,13 @@ def add_run_flags(parser, log_root: Path) -> None:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
+def add_compile_flag(parser) -> None:
+    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
+                        help="torch.compile the model; MODE reduce-overhead also replays each step as a CUDA graph, "
+                             "which removes the per-kernel launch cost that bounds small batches (choices: "
+                             + ", ".join(COMPILE_MODES) + "; --compile alone: default)")
+
+
 def add_speed_flags(parser) -> None:
     """Flags of every training and testing CLI that choose where and how fast the work runs."""
     parser.add_argument("--workers", default=4, type=int, help="data loader processes")
@@ -118,10 +125,7 @@ def add_speed_flags(parser) -> None:
     parser.add_argument("--decode", default="cpu", choices=["cpu", "gpu"],
                         help="where JPEGs are decoded: in the loader workers (cpu) or batched with nvJPEG (gpu; "
                              "its pixels differ from libjpeg's, see README)")
-    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
-                        help="torch.compile the model; MODE reduce-overhead also replays each step as a CUDA graph, "
-                             "which removes the per-kernel launch cost that bounds small batches (choices: "
-                             + ", ".join(COMPILE_MODES) + "; --compile alone: default)")
+    add_compile_flag(parser)
     parser.add_argument("--prefetch", default=None, type=int,
                         help="batches copied and augmented ahead in a background thread (default: 2 on CUDA, "
                              "0 on the CPU, where the step and the thread would share the same cores)")

@@ -43,3 +43,13 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert clip_report["color_aug"] == "clip"
     assert [row for row in clip_report["results"] if row["init"] == "random"] == \
         [row for row in report["results"] if row["init"] == "random"]
+
+
+def test_compile_mode_reaches_every_training_stage(tmp_path):
+    """--compile MODE is handed to pretraining, finetuning and retrieval, parsed by their own command lines."""
+    args = experiment.parse_args(["--preset", "gpu", "--compile", "reduce-overhead"])
+    runner = experiment.Runner(experiment.PRESETS["gpu"], tmp_path, tmp_path, "none", "frame", args.compile)
+    assert experiment.pretraining.parse_args([*runner.common, "--epochs", "1"]).compile == "reduce-overhead"
+    assert experiment.evaluation.parse_args([*runner.common, "--retrieval", "random"]).compile == "reduce-overhead"
+    assert experiment.parse_args(["--preset", "gpu", "--compile"]).compile == "default"
+    assert "--compile" not in experiment.Runner(experiment.PRESETS["gpu"], tmp_path, tmp_path, "none", "frame").common
