@@ -122,6 +122,13 @@ def sample_params(recipe: Recipe, sizes: torch.Tensor, num_frames: int,
                          factors=factors.expand(*frames, 4), order=order.expand(*frames, 4))
 
 
+def unit_frames(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 clips (B, N, 3, H, W), stored in any order -> float frames (B*N, 3, H, W) in [0, 1], stored
+    channel-first. Loaders store frames channel-last (data.stack_frames); the reordering is done here, on
+    the uint8 values and on the training device."""
+    return clips.flatten(0, 1).contiguous().float().div_(255)
+
+
 def _roi_resize(frames: torch.Tensor, frame_index: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Crops box i of frame frame_index[i] (CPU tensors) and resizes it to size x size, bilinear.
 
@@ -154,7 +161,7 @@ def ten_crop(clips: torch.Tensor, sizes: torch.Tensor, img_dim: int) -> torch.Te
     (clip, view). Views 0-4 are the ten_crop_boxes crops, views 5-9 the same flipped; crop and flip are
     the same for every frame of a clip."""
     batch, steps = clips.shape[:2]
-    frames = clips.flatten(0, 1).float().div_(255)
+    frames = unit_frames(clips)
     boxes = ten_crop_boxes(sizes)
     # One roi per (clip, view, frame): frame b*N + n with box (b, v).
     frame_index = (torch.arange(batch)[:, None, None] * steps + torch.arange(steps)[None, None, :]).expand(-1, 5, -1)
@@ -239,7 +246,7 @@ def color_jitter(frames: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, 
 def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recipe: Recipe) -> torch.Tensor:
     """uint8 clips (B, N, 3, H, W) on any device -> normalised float (B, N, 3, img_dim, img_dim)."""
     batch, steps = clips.shape[:2]
-    frames = crop_resize(clips.flatten(0, 1).float().div_(255), params.boxes, steps, img_dim)
+    frames = crop_resize(unit_frames(clips), params.boxes, steps, img_dim)
     flip = params.flip.repeat_interleave(steps)
     if flip.any():
         index = _device_index(flip, frames.device)

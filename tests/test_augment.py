@@ -128,3 +128,14 @@ def test_padded_clips_are_cropped_inside_their_own_frame():
     sizes = torch.tensor([[240, 320], [240, 224]])
     params = sample_params(PRETRAIN, sizes, 2, generator())
     assert params.boxes[1, 2] <= 224
+
+
+def test_clips_stored_channel_last_augment_exactly_like_channel_first_ones():
+    """Loaders hand out clips stored channel-last (data.stack_frames); the values must not depend on it."""
+    clips = torch.randint(0, 256, (2, 5, 3, 48, 64), dtype=torch.uint8, generator=generator())
+    channel_last = clips.movedim(2, -1).contiguous().movedim(-1, 2)
+    sizes = torch.tensor([[48, 64]] * 2)
+    for recipe in (PRETRAIN, FINETUNE_TRAIN, TEST):
+        assert torch.equal(augment.ClipAugment(recipe, 32, seed=0)(channel_last, sizes),
+                           augment.ClipAugment(recipe, 32, seed=0)(clips, sizes))
+    assert torch.equal(augment.ten_crop(channel_last, sizes, 32), augment.ten_crop(clips, sizes, 32))
