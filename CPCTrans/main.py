@@ -21,8 +21,8 @@ from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, best_after, check_img_dim,
-                              csv_root, prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv,
-                              stage_writers, user_error, validates)
+                              csv_root, prepare_model, resolve_speed_flags, run_folder, save_epoch, saved_as, saves,
+                              split_csv, stage_writers, user_error, validates)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -214,8 +214,8 @@ def train(args: argparse.Namespace) -> Path:
                     writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
             is_best, best_acc = best_after(val_metrics, best_acc)
             path = save_epoch(training_state(model, model.config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
-                              model_dir, epoch + 1, is_best)
-            tqdm.write(epoch_line(epoch + 1, args.epochs, train_metrics, val_metrics, path.name))
+                              model_dir, epoch + 1, is_best, saves(args, epoch, bool(stop.requested)))
+            tqdm.write(epoch_line(epoch + 1, args.epochs, train_metrics, val_metrics, saved_as(path)))
             if stop.requested:
                 print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
                 return model_dir

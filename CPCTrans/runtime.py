@@ -50,26 +50,43 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def save_epoch(state: dict, model_dir: Path, epoch: int, is_best: bool) -> Path:
-    """Writes epochN.pth.tar (and model_best_epochN.pth.tar); older ones, and the checkpoints of interrupted
-    epochs, go only after the new ones are complete."""
+def save_epoch(state: dict, model_dir: Path, epoch: int, is_best: bool, write_epoch: bool = True) -> Path | None:
+    """Writes epochN.pth.tar when `write_epoch` and model_best_epochN.pth.tar when `is_best`; the files they
+    replace, and the checkpoints of interrupted epochs, go only after the new ones are complete.
+    Returns epochN's path, or None when it was not written."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    path = model_dir / f"epoch{epoch}.pth.tar"
+    path = model_dir / f"epoch{epoch}.pth.tar" if write_epoch else None
     best_name = f"model_best_epoch{epoch}.pth.tar"
-    save_atomic(state, path)
+    if path is not None:
+        save_atomic(state, path)
     if is_best:
         save_atomic(state, model_dir / best_name)
     for old in model_dir.glob("*epoch*.pth.tar"):
-        stale_epoch = old.name.startswith(("epoch", "interrupted")) and old != path
+        stale_epoch = path is not None and old.name.startswith(("epoch", "interrupted")) and old != path
         stale_best = is_best and old.name.startswith("model_best_epoch") and old.name != best_name
         if stale_epoch or stale_best:
             old.unlink()
     return path
 
 
+def saved_as(path: Path | None) -> str:
+    """How an epoch's console line names its checkpoint."""
+    return path.name if path is not None else "not saved (--save_freq)"
+
+
+def _due(freq: int, epoch: int, epochs: int) -> bool:
+    return (epoch + 1) % freq == 0 or epoch + 1 == epochs
+
+
 def validates(args, epoch: int) -> bool:
     """Whether 0-based `epoch` ends with a validation (--val_freq); the last epoch always does."""
-    return (epoch + 1) % args.val_freq == 0 or epoch + 1 == args.epochs
+    return _due(args.val_freq, epoch, args.epochs)
+
+
+def saves(args, epoch: int, stopping: bool) -> bool:
+    """Whether 0-based `epoch` ends with an epoch checkpoint (--save_freq): every N epochs, after the last one,
+    and when the run is being stopped, so that a stop never loses a finished epoch."""
+    return stopping or _due(args.save_freq, epoch, args.epochs)
 
 
 def best_after(val: dict, best_acc: float) -> tuple[bool, float]:
@@ -103,6 +120,10 @@ def add_run_flags(parser, log_root: Path) -> None:
                         help="unreadable training clips replaced and logged before the run stops")
     parser.add_argument("--val_freq", default=1, type=at_least_one,
                         help="validate every N epochs and after the last; training is the same whatever N is")
+    parser.add_argument("--save_freq", default=1, type=at_least_one,
+                        help="write the epoch checkpoint every N epochs, after the last and when stopped (an epoch "
+                             "validated best is always kept as model_best); a run killed outright resumes from the "
+                             "last one written")
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's

@@ -123,11 +123,12 @@ class Runner:
             self.seconds[stage] += time.perf_counter() - started
 
     def pretrain(self, attn: str, seed: int) -> Path:
-        # Validation never changes training (see --val_freq): four per pretraining keep the epoch lines' diagnostics.
-        val_freq = max(1, self.preset.pretrain_epochs // 4)
+        # Validating and saving never change training (--val_freq, --save_freq): four of each per pretraining keep
+        # the epoch lines' diagnostics, and an interrupted experiment loses at most a quarter of a pretraining.
+        every = str(max(1, self.preset.pretrain_epochs // 4))
         args = pretraining.parse_args([*self.common, "--epochs", str(self.preset.pretrain_epochs), "--attn", attn,
                                        "--pos_enc", self.pos_enc, "--color_aug", self.color_aug, "--seed", str(seed),
-                                       "--prefix", f"seed{seed}", "--val_freq", str(val_freq),
+                                       "--prefix", f"seed{seed}", "--val_freq", every, "--save_freq", every,
                                        "--log_root", str(self.logs / "pretrain")])
         model_dir = run_folder(args, pretraining.run_name(args)) / "model"
         with self.timed("pretraining"):
@@ -144,10 +145,11 @@ class Runner:
         # every pretraining choice, keeps runs from different pretrainings apart. Random-init runs are shared.
         source = "random" if init == "random" else Path(init).parents[1].name
         prefix = f"{attn}_pos-{self.pos_enc}_seed{seed}_{source}"
-        # The last epoch is the one tested, so it is the only one validated.
+        # The last epoch is the one tested, so it is the only one validated and saved.
         args = evaluation.parse_args([*self.common, "--epochs", str(epochs), "--pretrain", init, "--train_what",
                                       train_what, "--seed", str(seed), "--prefix", prefix, *architecture,
-                                      "--val_freq", str(epochs), "--log_root", str(self.logs / "finetune")])
+                                      "--val_freq", str(epochs), "--save_freq", str(epochs),
+                                      "--log_root", str(self.logs / "finetune")])
         evaluation.fill_data_flags(args)
         model_dir = run_folder(args, evaluation.run_name(args)) / "model"
         checkpoint = model_dir / f"epoch{epochs}.pth.tar"

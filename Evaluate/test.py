@@ -24,8 +24,8 @@ from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, best_after, check_img_dim,
-                              csv_root, prepare_model, resolve_speed_flags, run_folder, save_epoch, split_csv,
-                              stage_writers, user_error, validates)
+                              csv_root, prepare_model, resolve_speed_flags, run_folder, save_epoch, saved_as, saves,
+                              split_csv, stage_writers, user_error, validates)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 from Evaluate.retrieval import recall_at_k, video_features
@@ -223,10 +223,10 @@ def finetune(args: argparse.Namespace) -> Path:
             scheduler.step()
             is_best, best_acc = best_after(val_results, best_acc)
             path = save_epoch(training_state(model, config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
-                              model_dir, epoch + 1, is_best)
+                              model_dir, epoch + 1, is_best, saves(args, epoch, bool(stop.requested)))
             validation = f"val loss {val_results['loss']:.4f} top1 {val_results['top1']:.4f}  " if val_results else ""
             tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {train_results['loss']:.4f} "
-                       f"top1 {train_results['top1']:.4f}  {validation}-> {path.name}")
+                       f"top1 {train_results['top1']:.4f}  {validation}-> {saved_as(path)}")
             if stop.requested:
                 print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
                 return model_dir

@@ -63,6 +63,10 @@ def test_epoch_rotation_keeps_latest_and_best(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch2.pth.tar", "model_best_epoch1.pth.tar"]
     save_epoch(state, tmp_path, 3, is_best=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch3.pth.tar", "model_best_epoch3.pth.tar"]
+    # Epochs --save_freq skips: the last epoch checkpoint stays the one to resume from; a best one is still kept.
+    assert save_epoch(state, tmp_path, 4, is_best=True, write_epoch=False) is None
+    assert save_epoch(state, tmp_path, 5, is_best=False, write_epoch=False) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch3.pth.tar", "model_best_epoch4.pth.tar"]
 
 
 def test_pretrain_of_another_architecture_is_refused(tmp_path):

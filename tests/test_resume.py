@@ -99,12 +99,16 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_latest_finishes_exactly(demo
     assert_same_weights(uninterrupted(3, script), final_weights(stopped, 3))
 
 
-# Every training epoch reseeds all it draws from, so validating fewer epochs (--val_freq) must change no weight.
+# Every training epoch reseeds all it draws from, so validating (--val_freq) or saving (--save_freq) fewer
+# epochs must change no weight.
 @pytest.mark.parametrize("script", ["CPCTrans/main.py", "Evaluate/test.py"])
-def test_validating_every_second_epoch_trains_exactly_the_same(demo_dataset, tmp_path, script, uninterrupted, capsys):
-    pretrain(demo_dataset, tmp_path, 3, "--val_freq", "2", script=script)
+def test_validating_and_saving_every_second_epoch_trains_exactly_the_same(demo_dataset, tmp_path, script,
+                                                                           uninterrupted, capsys):
+    pretrain(demo_dataset, tmp_path, 3, "--val_freq", "2", "--save_freq", "2", script=script)
     epoch_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert ["val loss" in line for line in epoch_lines] == [False, True, True]
+    assert [line.split("-> ")[-1] for line in epoch_lines] == ["not saved (--save_freq)", "epoch2.pth.tar",
+                                                               "epoch3.pth.tar"]
     assert_same_weights(uninterrupted(3, script), final_weights(tmp_path, 3))
 
 
