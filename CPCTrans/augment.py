@@ -262,8 +262,8 @@ def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recip
 
 
 def channel_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """(3, 1, 1) on `device`, copied without waiting: a blocking copy would hold the thread that prepares batches
-    ahead (prefetch.py) until the GPU had run everything queued before it."""
+    """(3, 1, 1) on `device`, copied with non_blocking: torch.tensor(..., device=) would wait for the stream
+    after copying, holding the thread that prepares batches ahead (prefetch.py) until the GPU caught up."""
     return torch.tensor(values).view(-1, 1, 1).to(device, non_blocking=True)
 
 

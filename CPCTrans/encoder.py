@@ -111,7 +111,9 @@ class VideoEncoder(nn.Module):
             tokens = tokens + self.position(steps, height, width, tokens.device).to(tokens.dtype)
         tokens = tokens.reshape(batch, steps * height * width, channels)
         mask = self._frame_mask(steps, height * width, predicted, tokens.device)
-        tokens = self.transformer(tokens, mask=mask)
+        # is_causal=False: our masks are frame-level, and left as None torch compares every mask with a
+        # token-causal one and reads the answer back to the host, once per forward pass.
+        tokens = self.transformer(tokens, mask=mask, is_causal=False)
         return tokens.view(batch, steps, height, width, channels).permute(0, 1, 4, 2, 3)
 
     def _frame_mask(self, steps: int, tokens_per_frame: int, predicted: int,

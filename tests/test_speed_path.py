@@ -162,13 +162,14 @@ def test_bf16_on_gpu_agrees_with_fp32():
 
 
 @pytest.mark.cuda
-def test_preparing_batches_and_training_steps_never_wait_for_the_gpu():
+@pytest.mark.parametrize("attn", ["full", "split"])
+def test_preparing_batches_and_training_steps_never_wait_for_the_gpu(attn):
     """Copy, augmentation, training step and metrics queue their GPU work and return. A synchronisation would
     hold the thread preparing batches ahead, or the training loop, until the GPU has caught up."""
     clips = torch.randint(0, 256, (4, 5, 3, 240, 320), dtype=torch.uint8).pin_memory()
     sizes = torch.tensor([[240, 320]] * 4)
     augment = ClipAugment(PRETRAIN, 64, seed=0)  # flips, grayscale and all four jitter operations in 3 batches
-    model = fresh_model()
+    model = CPCTrans(attn=attn)  # split: an attention mask in every layer
     step_model = prepare_model(model, gpu(), None).train()
     optimizer = adam(model.parameters(), gpu(), lr=1e-3, weight_decay=1e-5)
     metrics = PretextMetrics()
