@@ -110,7 +110,10 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
                           encoded=args.decode == "gpu")
     loader = make_loader(dataset, args.batch_size, args.workers, train=True, device=device)
 
-    raw = torch.randint(0, 256, (args.batch_size, args.num_seq, 3, 240, 320), dtype=torch.uint8, device=device)
+    # Stored channel-last, as the loader hands clips out (data.stack_frames): the augmentation's timing includes
+    # reordering them.
+    raw = torch.randint(0, 256, (args.batch_size, args.num_seq, 240, 320, 3), dtype=torch.uint8,
+                        device=device).movedim(-1, 2)
     sizes = torch.tensor([[240, 320]] * args.batch_size)
     inputs = augmenter(raw, sizes)
     model_s = median_seconds(lambda: train_step(step_model, optimizer, inputs, device, args.amp),
