@@ -122,6 +122,19 @@ def sample_params(recipe: Recipe, sizes: torch.Tensor, num_frames: int,
                          factors=factors.expand(*frames, 4), order=order.expand(*frames, 4))
 
 
+def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small tensor made on the host (boxes, indices, factors) -> `device`, without waiting for the GPU.
+
+    non_blocking alone does not do it: a copy from pageable memory holds the host until its stream has run
+    everything queued before it (CUDA's API synchronisation rules), a wait torch's sync debug mode does not
+    report. Copied from pinned memory, it is queued like a kernel.
+    """
+    tensor = tensor if dtype is None else tensor.to(dtype)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def unit_frames(clips: torch.Tensor) -> torch.Tensor:
     """uint8 clips (B, N, 3, H, W), stored in any order -> float frames (B*N, 3, H, W) in [0, 1], stored
     channel-first. Loaders store frames channel-last (data.stack_frames); the reordering is done here, on
@@ -136,8 +149,7 @@ def _roi_resize(frames: torch.Tensor, frame_index: torch.Tensor, boxes: torch.Te
     """
     largest_side = float((boxes[:, 2:] - boxes[:, :2]).max())
     samples = max(1, int(-(-largest_side // size)))
-    rois = torch.cat([frame_index[:, None].to(boxes.dtype), boxes], dim=1)
-    rois = rois.to(frames.device, frames.dtype, non_blocking=True)
+    rois = to_device(torch.cat([frame_index[:, None].to(boxes.dtype), boxes], dim=1), frames.device, frames.dtype)
     return roi_align(frames, rois, output_size=size, spatial_scale=1.0, sampling_ratio=samples, aligned=True)
 
 
@@ -223,7 +235,7 @@ JITTER_OPS = (_brightness, _contrast, _saturation, adjust_hue)
 
 def _device_index(chosen: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Positions of the True entries of a CPU mask, as an index on `device` (known on the host: no sync)."""
-    return chosen.nonzero().flatten().to(device, non_blocking=True)
+    return to_device(chosen.nonzero().flatten(), device)
 
 
 def color_jitter(frames: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -238,7 +250,7 @@ def color_jitter(frames: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, 
             if not chosen.any():
                 continue
             index = _device_index(chosen, frames.device)
-            factor = factors[chosen, op_index].to(frames.device, frames.dtype, non_blocking=True).view(-1, 1, 1, 1)
+            factor = to_device(factors[chosen, op_index], frames.device, frames.dtype).view(-1, 1, 1, 1)
             frames.index_copy_(0, index, op(frames.index_select(0, index), factor))
     return frames
 
@@ -262,9 +274,9 @@ def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recip
 
 
 def channel_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """(3, 1, 1) on `device`, copied with non_blocking: torch.tensor(..., device=) would wait for the stream
-    after copying, holding the thread that prepares batches ahead (prefetch.py) until the GPU caught up."""
-    return torch.tensor(values).view(-1, 1, 1).to(device, non_blocking=True)
+    """(3, 1, 1) on `device`. Not torch.tensor(..., device=): its copy would hold the thread that prepares
+    batches ahead (prefetch.py) until the GPU caught up."""
+    return to_device(torch.tensor(values).view(-1, 1, 1), device)
 
 
 def normalize(frames: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from CPCTrans import benchmark
-from CPCTrans.augment import PRETRAIN, ClipAugment, apply_params, sample_params
+from CPCTrans.augment import PRETRAIN, ClipAugment, apply_params, sample_params, ten_crop
 from CPCTrans.cpc import CPCTrans, PretextMetrics
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, collate_clips, read_index
 from CPCTrans.main import pretext_loss, train_step
@@ -186,6 +186,38 @@ def test_preparing_batches_and_training_steps_never_wait_for_the_gpu(attn):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert metrics.batches == 4 and math.isfinite(metrics.summary()["loss"])
+
+
+GPU_SLEEP_CYCLES = 2 * 10**9  # about a second at an H100's or H200's clock; preparing a batch takes milliseconds
+
+
+def queue_gpu_sleep() -> torch.cuda.Event:
+    """Keeps the current stream busy for about a second; the returned event completes when it wakes."""
+    torch.cuda._sleep(GPU_SLEEP_CYCLES)
+    awake = torch.cuda.Event()
+    awake.record()
+    return awake
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("stage", ["pretraining", "test ten-crop"])
+def test_preparing_a_batch_returns_while_the_gpu_is_still_busy(stage):
+    """Also the waits torch's sync debug mode does not see: the CUDA driver holds the host on a copy from
+    pageable memory until the stream has run everything queued before it. With the GPU asleep behind a long
+    kernel, preparing a batch (copy, crop, flips, grayscale, all four jitter operations, normalisation) must
+    return before it wakes."""
+    clips = torch.randint(0, 256, (4, 5, 3, 240, 320), dtype=torch.uint8).pin_memory()
+    sizes = torch.tensor([[240, 320]] * 4)
+    augment = ClipAugment(PRETRAIN, 64)
+    for checked in (False, True):  # the first round fills the pinned and device memory caches, as training does
+        augment.reseed(0)  # the same draws, so the checked round finds cached blocks of every size it needs
+        awake = queue_gpu_sleep()
+        on_gpu, gpu_sizes = clips_to_device(clips, sizes, gpu())
+        inputs = augment(on_gpu, gpu_sizes) if stage == "pretraining" else ten_crop(on_gpu, gpu_sizes, 64)
+        if checked:
+            assert not awake.query(), f"preparing a {stage} batch waited for the GPU"
+        torch.cuda.synchronize()
+    assert torch.isfinite(inputs).all()
 
 
 def without_dropout(model: CPCTrans) -> CPCTrans:
