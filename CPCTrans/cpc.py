@@ -75,8 +75,25 @@ def score_kinds(batch: int, steps: int, positions: int, device: torch.device | N
     return kinds
 
 
+def step_similarity_sum(targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Targets (B, P, C, h, w) -> (sum, count) of the cosine similarities between a video's targets at two
+    different steps and the same position, each vector first centred on its position's mean over the batch.
+
+    Near 1: the encoder's outputs do not change from frame to frame, so temporal negatives cannot be told
+    apart and the features carry no motion (the 1/3 plateau of full attention, README). A random encoder
+    scores well below (frames differ, and pretraining's per-frame colour jitter makes them differ more).
+    """
+    batch, steps = targets.shape[:2]
+    vectors = targets.float().flatten(3).transpose(2, 3)  # (B, P, positions, C)
+    vectors = F.normalize(vectors - vectors.mean(dim=(0, 1), keepdim=True), dim=-1)
+    # Over pairs of different steps: |sum over steps|^2 minus each step with itself.
+    pairs = vectors.sum(dim=1).square().sum() - vectors.square().sum()
+    return pairs, batch * vectors.shape[2] * steps * (steps - 1)
+
+
 class PretextMetrics:
-    """Device-side counts for a stream of score matrices: top-1/3/5 hits and the kind of each top-1 pick.
+    """Device-side counts for a stream of score matrices and their targets: top-1/3/5 hits, the kind of each
+    top-1 pick and the targets' similarity across steps.
 
     Nothing here synchronises with the host; call `summary()` when numbers are needed.
     """
@@ -93,6 +110,8 @@ class PretextMetrics:
         self.batches = 0
         self.hits = None
         self.picks = None
+        self.similarity_sum = 0.0
+        self.similarity_pairs = 0
 
     def _kinds(self, shape: tuple, device: torch.device) -> torch.Tensor:
         key = (*shape, str(device))
@@ -101,8 +120,9 @@ class PretextMetrics:
         return self._kinds_cache[key]
 
     @torch.no_grad()
-    def update(self, loss: torch.Tensor, scores: torch.Tensor, shape: tuple) -> None:
-        """`shape` is (batch, pred_step, positions) of the predictions behind `scores`."""
+    def update(self, loss: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        """`targets` (B, pred_step, C, h, w) are the columns of `scores` (dense_scores)."""
+        shape = (targets.shape[0], targets.shape[1], targets.shape[3] * targets.shape[4])
         rows = scores.shape[0]
         k = min(max(self.TOPK), rows)
         ranked = scores.topk(k, dim=1).indices
@@ -115,6 +135,9 @@ class PretextMetrics:
         self.hits = hits if self.hits is None else self.hits + hits
         self.picks = picks if self.picks is None else self.picks + picks
         self.loss_sum = self.loss_sum + loss.detach().float() * rows
+        similarity_sum, pairs = step_similarity_sum(targets)
+        self.similarity_sum = self.similarity_sum + similarity_sum
+        self.similarity_pairs += pairs
         self.rows += rows
         self.batches += 1
 
@@ -128,4 +151,6 @@ class PretextMetrics:
         summary.update({f"top{k}": acc for k, acc in zip(self.TOPK, hits)})
         summary.update({f"wrong_{name}": picks[kind] / wrong
                         for kind, name in enumerate(KIND_NAMES) if kind != POSITIVE})
+        if self.similarity_pairs:
+            summary["step_similarity"] = float(self.similarity_sum) / self.similarity_pairs
         return summary

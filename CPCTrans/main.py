@@ -84,21 +84,20 @@ def build_loaders(args, device):
 
 
 def pretext_loss(model, inputs: torch.Tensor, device: torch.device, amp: bool):
-    """Forward pass and loss on augmented clips -> (loss, scores, (batch, pred_step, positions))."""
+    """Forward pass and loss on augmented clips -> (loss, scores, targets)."""
     with autocast(device, amp):
         predictions, targets = model(inputs)
         scores = dense_scores(predictions, targets)
         loss = contrastive_loss(scores)
-    batch, pred_step, _, height, width = predictions.shape
-    return loss, scores, (batch, pred_step, height * width)
+    return loss, scores, targets
 
 
 def train_step(model, optimizer, inputs: torch.Tensor, device: torch.device, amp: bool):
-    loss, scores, shape = pretext_loss(model, inputs, device, amp)
+    loss, scores, targets = pretext_loss(model, inputs, device, amp)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss, scores, shape
+    return loss, scores, targets
 
 
 class TrainingDiverged(Exception):
@@ -129,14 +128,14 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
             if batch.problems:
                 bad_samples.add(batch.problems)
             if training:
-                loss, scores, shape = train_step(model, optimizer, batch.inputs, device, args.amp)
+                loss, scores, targets = train_step(model, optimizer, batch.inputs, device, args.amp)
             else:
                 with torch.no_grad():
-                    loss, scores, shape = pretext_loss(model, batch.inputs, device, args.amp)
+                    loss, scores, targets = pretext_loss(model, batch.inputs, device, args.amp)
             if training and epoch == 0 and step == 0:
                 writer.add_image("input_clip", make_grid(denormalize(batch.inputs[0].float()),
                                                          nrow=batch.inputs.shape[1]), epoch)
-            metrics.update(loss, scores, shape)
+            metrics.update(loss, scores, targets)
             step += 1
             if step % args.print_freq == 0:
                 summary = metrics.summary()
@@ -157,12 +156,16 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
 def epoch_line(epoch: int, epochs: int, train: dict, val: dict, checkpoint: str) -> str:
     """The console line of one epoch (`val` is empty when --val_freq skipped validation). The shares of wrong
     validation picks say why a pretext is stuck: mostly temporal at the 1/3 plateau (right video and position,
-    wrong step), mostly other-video when only positions are told apart."""
+    wrong step), mostly other-video when only positions are told apart. The targets' similarity across steps
+    says whether the temporal picks are the prediction's fault or the encoder's: near 1, the encoder gives
+    every frame of a video the same output, and no predictor can tell the steps apart."""
     line = f"epoch {epoch}/{epochs}  train loss {train['loss']:.4f} top1 {train['top1']:.4f}  "
     if val:
         line += (f"val loss {val['loss']:.4f} top1 {val['top1']:.4f} top3 {val['top3']:.4f} top5 {val['top5']:.4f}  "
                  f"wrong picks: spatial {val['wrong_spatial']:.2f} temporal {val['wrong_temporal']:.2f} "
                  f"other video {val['wrong_easy']:.2f}  ")
+        if "step_similarity" in val:
+            line += f"targets across steps: cos {val['step_similarity']:.2f}  "
     return line + f"-> {checkpoint}"
 
 

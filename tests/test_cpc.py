@@ -1,7 +1,7 @@
 """The dense contrastive target, the negative kinds and the pretext metrics (DESIGN.md §2.7)."""
 import torch
 
-from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores, score_kinds
+from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores, score_kinds, step_similarity_sum
 
 
 def test_predicting_the_targets_scores_top1_of_100_percent():
@@ -12,7 +12,7 @@ def test_predicting_the_targets_scores_top1_of_100_percent():
         perfect = dense_scores(targets, targets)
         shuffled = dense_scores(targets.roll(1, dims=0), targets)
     metrics = PretextMetrics()
-    metrics.update(contrastive_loss(perfect), perfect, (3, 3, 4))
+    metrics.update(contrastive_loss(perfect), perfect, targets)
     summary = metrics.summary()
     assert perfect.shape == (3 * 3 * 4, 3 * 3 * 4)
     assert summary["top1"] == 1.0 and summary["top5"] == 1.0
@@ -42,7 +42,7 @@ def test_wrong_picks_are_attributed_to_their_kind():
     for row in range(6):
         scores[row, row - 1 if row % 3 else row + 1] = 1.0
     metrics = PretextMetrics()
-    metrics.update(contrastive_loss(scores), scores, (2, 3, 1))
+    metrics.update(contrastive_loss(scores), scores, torch.randn(2, 3, 8, 1, 1))
     summary = metrics.summary()
     assert kinds[0, 1] == 2
     assert summary["top1"] == 0.0
@@ -53,8 +53,50 @@ def test_metrics_accumulate_over_batches():
     metrics = PretextMetrics()
     eye = torch.eye(4) * 10
     wrong = eye.roll(1, dims=1)
-    metrics.update(contrastive_loss(eye), eye, (4, 1, 1))
-    metrics.update(contrastive_loss(wrong), wrong, (4, 1, 1))
+    metrics.update(contrastive_loss(eye), eye, torch.randn(4, 1, 8, 1, 1))
+    metrics.update(contrastive_loss(wrong), wrong, torch.randn(4, 1, 8, 1, 1))
     summary = metrics.summary()
     assert summary["top1"] == 0.5
     assert summary["wrong_easy"] == 1.0
+
+
+def step_similarity(targets: torch.Tensor) -> float:
+    total, pairs = step_similarity_sum(targets)
+    return total.item() / pairs
+
+
+def test_targets_that_do_not_change_over_time_have_step_similarity_one():
+    torch.manual_seed(0)
+    per_video = torch.randn(6, 1, 32, 2, 2)  # a vector per video and position, the same at every step
+    assert abs(step_similarity(per_video.expand(-1, 3, -1, -1, -1)) - 1) < 1e-5
+    assert abs(step_similarity(torch.randn(6, 3, 32, 2, 2))) < 0.1  # independent steps: near 0
+
+
+def test_a_clip_of_one_repeated_frame_gives_the_reference_encoder_identical_targets():
+    """Without position encoding the Transformer cannot tell equal frames apart: the collapse the metric
+    reports. With moving content, or a position encoding, the targets differ from step to step."""
+    torch.manual_seed(0)
+    frames = torch.randn(4, 5, 3, 64, 64)
+    still = frames[:, :1].expand(-1, 5, -1, -1, -1)
+    with torch.no_grad():
+        _, still_targets = CPCTrans().eval()(still)
+        _, moving_targets = CPCTrans().eval()(frames)
+        _, encoded_targets = CPCTrans(pos_enc="sincos").eval()(still)
+    assert abs(step_similarity(still_targets) - 1) < 1e-4
+    assert step_similarity(moving_targets) < 0.9
+    assert step_similarity(encoded_targets) < 0.99
+
+
+def test_step_similarity_averages_over_the_pairs_of_all_batches():
+    torch.manual_seed(0)
+    same = torch.randn(4, 1, 16, 1, 1).expand(-1, 3, -1, -1, -1)
+    independent = torch.randn(4, 3, 16, 1, 1)
+    metrics = PretextMetrics()
+    for targets in (same, independent):
+        scores = torch.randn(12, 12)
+        metrics.update(contrastive_loss(scores), scores, targets)
+    expected = (step_similarity(same) + step_similarity(independent)) / 2  # equal numbers of pairs
+    assert abs(metrics.summary()["step_similarity"] - expected) < 1e-5
+    one_step = PretextMetrics()
+    one_step.update(contrastive_loss(torch.eye(4)), torch.eye(4), torch.randn(4, 1, 16, 1, 1))
+    assert "step_similarity" not in one_step.summary()  # a single predicted step has no pairs

@@ -49,8 +49,10 @@ def test_pretraining_writes_checkpoints_and_curves(pretrained):
                                    "pos_enc": "none"}
     assert list(model_dir.parent.glob("img/train/events.out.tfevents.*"))
     line = only(line for line in (result.stderr + result.stdout).splitlines() if line.startswith("epoch 1/1"))
-    shares = re.search(r"wrong picks: spatial (\S+) temporal (\S+) other video (\S+)  -> epoch1.pth.tar$", line)
-    assert shares and abs(sum(map(float, shares.groups())) - 1) <= 0.015, line
+    shares = re.search(r"wrong picks: spatial (\S+) temporal (\S+) other video (\S+)  "
+                       r"targets across steps: cos (\S+)  -> epoch1.pth.tar$", line)
+    assert shares and abs(sum(map(float, shares.groups()[:3])) - 1) <= 0.015, line
+    assert -1 <= float(shares.group(4)) <= 1, line
 
 
 def test_resume_continues_at_the_next_epoch_with_optimizer_state(pretrained, demo_dataset):
