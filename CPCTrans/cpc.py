@@ -87,8 +87,8 @@ def step_similarity_sum(targets: torch.Tensor) -> tuple[torch.Tensor, int]:
     vectors = targets.float().flatten(3).transpose(2, 3)  # (B, P, positions, C)
     vectors = F.normalize(vectors - vectors.mean(dim=(0, 1), keepdim=True), dim=-1)
     # Over pairs of different steps: |sum over steps|^2 minus each step with itself.
-    pairs = vectors.sum(dim=1).square().sum() - vectors.square().sum()
-    return pairs, batch * vectors.shape[2] * steps * (steps - 1)
+    pair_sum = vectors.sum(dim=1).square().sum() - vectors.square().sum()
+    return pair_sum, batch * vectors.shape[2] * steps * (steps - 1)
 
 
 class PretextMetrics:
