@@ -83,12 +83,14 @@ def describe_load(report: dict[str, list[str]], source: str) -> str:
 
 
 def training_state(model: nn.Module, config: dict, optimizer, scheduler, args, epoch: int, step: int,
-                   best_acc: float, rng: dict | None = None) -> dict:
+                   best_acc: float, rng: dict | None = None, val_metrics: dict | None = None) -> dict:
     """What a run needs to continue: `epoch` epochs complete, `step` steps into the next one, and
-    with `rng` the random states to replay the rest of it exactly."""
+    with `rng` the random states to replay the rest of it exactly; `val_metrics`, the last epoch's
+    validation (empty when it was not validated), says what the weights were worth."""
     return {"kind": model.kind, "model_config": config, "epoch": epoch, "step": step,
             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "best_acc": best_acc, "args": plain(vars(args)), "rng": rng}
+            "scheduler": scheduler.state_dict(), "best_acc": best_acc, "args": plain(vars(args)), "rng": rng,
+            "val_metrics": plain(val_metrics or {})}
 
 
 def plain(value):

@@ -216,7 +216,8 @@ def train(args: argparse.Namespace) -> Path:
                 for key, value in metrics.items():
                     writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
             is_best, best_acc = best_after(val_metrics, best_acc)
-            path = save_epoch(training_state(model, model.config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
+            path = save_epoch(training_state(model, model.config, optimizer, scheduler, args, epoch + 1, 0, best_acc,
+                                             val_metrics=val_metrics),
                               model_dir, epoch + 1, is_best, saves(args, epoch, bool(stop.requested)))
             tqdm.write(epoch_line(epoch + 1, args.epochs, train_metrics, val_metrics, saved_as(path)))
             if stop.requested:

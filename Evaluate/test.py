@@ -222,7 +222,8 @@ def finetune(args: argparse.Namespace) -> Path:
                     writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
             scheduler.step()
             is_best, best_acc = best_after(val_results, best_acc)
-            path = save_epoch(training_state(model, config, optimizer, scheduler, args, epoch + 1, 0, best_acc),
+            path = save_epoch(training_state(model, config, optimizer, scheduler, args, epoch + 1, 0, best_acc,
+                                             val_metrics=val_results),
                               model_dir, epoch + 1, is_best, saves(args, epoch, bool(stop.requested)))
             validation = f"val loss {val_results['loss']:.4f} top1 {val_results['top1']:.4f}  " if val_results else ""
             tqdm.write(f"epoch {epoch + 1}/{args.epochs}  train loss {train_results['loss']:.4f} "
