@@ -18,7 +18,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from CPCTrans import main as pretraining
@@ -131,7 +131,10 @@ class Runner:
         every = str(max(1, self.preset.pretrain_epochs // 4))
         args = pretraining.parse_args([*self.common, "--epochs", str(self.preset.pretrain_epochs), "--attn", attn,
                                        "--pos_enc", self.pos_enc, "--color_aug", self.color_aug, "--seed", str(seed),
-                                       "--prefix", f"seed{seed}", "--val_freq", every, "--save_freq", every,
+                                       # Run folders do not name the epochs; pretrainings of different lengths
+                                       # must not continue each other.
+                                       "--prefix", f"seed{seed}_epochs{self.preset.pretrain_epochs}",
+                                       "--val_freq", every, "--save_freq", every,
                                        "--log_root", str(self.logs / "pretrain")])
         model_dir = run_folder(args, pretraining.run_name(args)) / "model"
         with self.timed("pretraining"):
@@ -226,6 +229,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pos_enc", default="none", choices=POSITION_KINDS)
     parser.add_argument("--color_aug", default="frame", choices=COLOR_AUG_KINDS,
                         help="pretraining's colour augmentation, per frame (the reference) or per clip")
+    parser.add_argument("--pretrain_epochs", type=int, default=None,
+                        help="pretrain this many epochs instead of the preset's (the plateau may need more)")
     add_compile_flag(parser)  # passed to pretraining, finetuning and retrieval
     return parser.parse_args(argv)
 
@@ -233,6 +238,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     preset = PRESETS[args.preset]
+    if args.pretrain_epochs is not None:
+        if args.pretrain_epochs < 1:
+            sys.exit(f"error: --pretrain_epochs must be at least 1, got {args.pretrain_epochs}")
+        preset = replace(preset, pretrain_epochs=args.pretrain_epochs)
     out = (args.out or REPO_ROOT / "experiment_output" / args.preset).resolve()
     started = time.perf_counter()
     csv_root = prepare_dataset(out / "data", preset)

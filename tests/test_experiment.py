@@ -51,6 +51,12 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert [row for row in clip_report["results"] if row["init"] == "random"] == \
         [row for row in report["results"] if row["init"] == "random"]
 
+    # A longer pretraining than the preset's: its own run, which does not continue the 1-epoch one.
+    assert experiment.main([*argv, "--pretrain_epochs", "2"]) == 0
+    assert len(list(tmp_path.glob("logs/pretrain/**/epoch2.pth.tar"))) == 1
+    assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["pretrain_epochs"] == 2
+
 
 def test_compile_mode_reaches_every_training_stage(tmp_path):
     """--compile MODE is handed to pretraining, finetuning and retrieval, parsed by their own command lines."""
