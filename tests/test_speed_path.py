@@ -209,15 +209,23 @@ def test_preparing_a_batch_returns_while_the_gpu_is_still_busy(stage):
     clips = torch.randint(0, 256, (4, 5, 3, 240, 320), dtype=torch.uint8).pin_memory()
     sizes = torch.tensor([[240, 320]] * 4)
     augment = ClipAugment(PRETRAIN, 64)
-    for checked in (False, True):  # the first round fills the pinned and device memory caches, as training does
-        augment.reseed(0)  # the same draws, so the checked round finds cached blocks of every size it needs
-        awake = queue_gpu_sleep()
+
+    def prepare() -> torch.Tensor:
+        """Whether the batch is finite, as a tensor: the batch's own memory goes back to the cache on return."""
         on_gpu, gpu_sizes = clips_to_device(clips, sizes, gpu())
         inputs = augment(on_gpu, gpu_sizes) if stage == "pretraining" else ten_crop(on_gpu, gpu_sizes, 64)
+        return torch.isfinite(inputs).all()
+
+    # The first round fills the pinned and device memory caches, as a run's first batches do (a new block may
+    # wait for the GPU); the second draws the same (reseeded), so it finds a cached block of every size it needs.
+    for checked in (False, True):
+        augment.reseed(0)
+        awake = queue_gpu_sleep()
+        finite = prepare()
         if checked:
             assert not awake.query(), f"preparing a {stage} batch waited for the GPU"
         torch.cuda.synchronize()
-    assert torch.isfinite(inputs).all()
+        assert finite
 
 
 def without_dropout(model: CPCTrans) -> CPCTrans:
