@@ -95,13 +95,15 @@ class PretextMetrics:
     """Device-side counts for a stream of score matrices and their targets: top-1/3/5 hits, the kind of each
     top-1 pick and the targets' similarity across steps.
 
-    Nothing here synchronises with the host; call `summary()` when numbers are needed.
+    Nothing here synchronises with the host; call `summary()` when numbers are needed. `step_similarity`
+    False leaves the similarity out (training steps: a diagnostic that validation gives is not worth their time).
     """
 
     TOPK = (1, 3, 5)
 
-    def __init__(self):
+    def __init__(self, step_similarity: bool = True):
         self._kinds_cache: dict[tuple, torch.Tensor] = {}
+        self.step_similarity = step_similarity
         self.reset()
 
     def reset(self) -> None:
@@ -135,9 +137,10 @@ class PretextMetrics:
         self.hits = hits if self.hits is None else self.hits + hits
         self.picks = picks if self.picks is None else self.picks + picks
         self.loss_sum = self.loss_sum + loss.detach().float() * rows
-        similarity_sum, pairs = step_similarity_sum(targets)
-        self.similarity_sum = self.similarity_sum + similarity_sum
-        self.similarity_pairs += pairs
+        if self.step_similarity:
+            similarity_sum, pairs = step_similarity_sum(targets)
+            self.similarity_sum = self.similarity_sum + similarity_sum
+            self.similarity_pairs += pairs
         self.rows += rows
         self.batches += 1
 

@@ -116,7 +116,7 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
     optimizer is given. Stops early when `stop.requested`. Returns (metrics, steps done in the epoch)."""
     training = optimizer is not None
     model.train(training)
-    metrics = PretextMetrics()
+    metrics = PretextMetrics(step_similarity=not training)
     steps_per_epoch = first_step + len(loader)
     stage = "train" if training else "val"
     batches = DeviceBatches(loader, augmenter, device, args.prefetch, augmenter.generator)

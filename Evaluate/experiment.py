@@ -63,7 +63,8 @@ CLIP = ["--num_seq", "5", "--pred_step", "3", "--ds", "3"]
 METRICS = (("finetune", "top1"), ("linear probe", "top1"), ("retrieval", "R@1"))
 # The pretraining's last validation, for the pretrained rows: a pretext stuck at 1/3 with targets alike across
 # steps (cos near 1) learned to ignore motion, and finetuning from it can fall below random initialisation.
-PRETEXT = (("pretext top1", "top1"), ("targets across steps cos", "step_similarity"))
+# Columns: name, key in the checkpoint's val_metrics, and how a value is shown (scale, digits).
+PRETEXT = (("pretext top1", "top1", 100, 1), ("targets across steps cos", "step_similarity", 1, 2))
 
 
 def prepare_dataset(out: Path, preset: Preset) -> Path:
@@ -192,7 +193,7 @@ def run_experiment(runner: Runner, attns: list[str], seeds: list[int]) -> dict:
                 row["linear probe"].append(runner.classify(source, attn, seed, "last")["top1"])
                 row["retrieval"].append(runner.retrieve(source, attn, seed)["R@1"])
             pretext = load(checkpoint).get("val_metrics", {})  # empty in checkpoints from before it was kept
-            for name, key in PRETEXT:
+            for name, key, *_ in PRETEXT:
                 if key in pretext:
                     results[(attn, "pretrained")].setdefault(name, []).append(pretext[key])
     return results
@@ -207,11 +208,11 @@ def mean_std(values: list[float], scale: float = 100, digits: int = 1) -> str:
 
 
 def markdown_table(results: dict, seeds: list[int]) -> str:
-    columns = [f"{name} {key}" for name, key in METRICS] + [name for name, _ in PRETEXT]
+    columns = [f"{name} {key}" for name, key in METRICS] + [name for name, *_ in PRETEXT]
     lines = ["| attention | initialisation | " + " | ".join(columns) + " |", "|" + "---|" * (2 + len(columns))]
     for (attn, init), row in results.items():
         cells = [mean_std(row[name]) for name, _ in METRICS]
-        cells += [mean_std(row.get("pretext top1", [])), mean_std(row.get("targets across steps cos", []), 1, 2)]
+        cells += [mean_std(row.get(name, []), scale, digits) for name, _, scale, digits in PRETEXT]
         lines.append(f"| {attn} | {init} | " + " | ".join(cells) + " |")
     lines.append(f"\n(percent, mean ± std over seeds {', '.join(map(str, seeds))}; top-1 on the test split's "
                  f"videos, R@1: test videos querying training videos; the pretext columns are the pretraining's "
