@@ -1,6 +1,7 @@
 """Batched augmentation: what is shared by a clip's frames, what is drawn per frame, and the ranges."""
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 from CPCTrans import augment
 from CPCTrans.augment import FINETUNE_TRAIN, PRETRAIN, TEST, apply_params, sample_params
@@ -74,6 +75,22 @@ def test_parameter_distributions_match_the_reference():
     assert torch.bincount(x1.long(), minlength=97).float().std() / (count / 97) < 0.15
     first_ops = torch.bincount(params.order[:, 0, 0], minlength=4).float() / count
     assert torch.allclose(first_ops, torch.full((4,), 0.25), atol=0.02)
+
+
+def test_colour_jitter_applies_each_frames_operations_in_its_own_order_like_torchvision():
+    """Frame by frame, the batched jitter equals torchvision's four functional operations applied one after
+    another in the order and with the factors drawn for that frame; frames drawn without jitter are untouched."""
+    frames = torch.rand(24, 3, 16, 16, generator=generator())
+    params = sample_params(PRETRAIN, torch.tensor([[16, 16]] * 6), 4, generator(1))
+    on = torch.rand(24, generator=generator(2)) < 0.7
+    factors, order = params.factors.flatten(0, 1), params.order.flatten(0, 1)
+    jittered = augment.color_jitter(frames.clone(), on, factors, order)
+    operations = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for frame, out, frame_on, frame_factors, frame_order in zip(frames, jittered, on, factors, order):
+        expected = frame
+        for op_index in frame_order.tolist() if frame_on else []:
+            expected = operations[op_index](expected, float(frame_factors[op_index]))
+        assert torch.allclose(out, expected, atol=1e-5)
 
 
 def test_random_sized_crops_keep_area_and_aspect_in_range():
