@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.nn import functional
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from tqdm import tqdm
 
@@ -173,15 +174,18 @@ class ClipDataset(Dataset):
 
 
 def stack_padded(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clips (N, 3, H_i, W_i) -> (B, N, 3, H, W) zero-padded to the largest frame, and each clip's (H_i, W_i)."""
+    """Clips (N, 3, H_i, W_i) -> (B, N, 3, H, W) zero-padded to the largest frame, and each clip's (H_i, W_i).
+
+    Stacked channel-last (see stack_frames) by default_collate, which in a loader worker writes the batch
+    straight into shared memory, where the main process reads it: without it the batch is copied there once more.
+    """
     sizes = torch.tensor([clip.shape[-2:] for clip in clips])
     height, width = sizes.max(dim=0).values.tolist()
-    if all(clip.shape[-2:] == (height, width) for clip in clips):
-        return stack_frames(clips), sizes
-    stacked = clips[0].new_zeros(len(clips), clips[0].shape[0], height, width, 3).movedim(-1, -3)
-    for out, clip in zip(stacked, clips):
-        out[..., :clip.shape[-2], :clip.shape[-1]] = clip
-    return stacked, sizes
+    channel_last = [clip.movedim(-3, -1) for clip in clips]
+    padded = [clip if clip.shape[-3:-1] == (height, width)
+              else functional.pad(clip, (0, 0, 0, width - clip.shape[-2], 0, height - clip.shape[-3]))
+              for clip in channel_last]
+    return default_collate(padded).movedim(-1, -3), sizes
 
 
 def collate_clips(batch):

@@ -81,8 +81,22 @@ def test_collate_pads_frames_of_different_sizes_and_reports_sizes():
     clips, sizes, labels, videos, problems = collate_clips([(small, 0, 0, ()), (large, 1, 1, ("bad",))])
     assert clips.shape == (2, 2, 3, 5, 8)
     assert sizes.tolist() == [[4, 6], [5, 8]]
-    assert clips[0, :, :, :4, :6].eq(7).all() and clips[0, :, :, 4:].eq(0).all()
+    assert clips[0, :, :, :4, :6].eq(7).all() and clips[0, :, :, 4:].eq(0).all() and clips[0, ..., 6:].eq(0).all()
+    assert clips[1].eq(9).all() and clips.movedim(2, -1).is_contiguous()
     assert labels.tolist() == [0, 1] and problems == ["bad"]
+
+
+def collated_in_shared_memory(batch) -> bool:
+    return collate_clips(batch)[0].is_shared()
+
+
+def test_a_worker_builds_its_batch_in_shared_memory(tmp_path):
+    """The main process reads a worker's batch from shared memory; built anywhere else, it is copied there once
+    more on every batch."""
+    folder = write_frames(tmp_path / "v", 40)
+    dataset = ClipDataset([VideoRecord(folder, 40, 0)] * 2, num_seq=5, ds=3, windows=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=1, collate_fn=collated_in_shared_memory)
+    assert next(iter(loader)) is True
 
 
 def test_csv_index_reads_rows_and_names_bad_ones(tmp_path):
