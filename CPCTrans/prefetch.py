@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from CPCTrans.augment import to_device
 from CPCTrans.data import clips_to_device
 
 _END = object()
@@ -55,9 +56,9 @@ class DeviceBatches:
 
     def _prepare(self, batch) -> tuple[DeviceBatch, torch.Tensor | None]:
         clips, sizes, labels, videos, problems = batch
+        # Labels and video indices come unpinned when the loader hands out JPEG bytes (--decode gpu).
         prepared = DeviceBatch(self.transform(*clips_to_device(clips, sizes, self.device)),
-                               labels.to(self.device, non_blocking=True), videos.to(self.device, non_blocking=True),
-                               problems)
+                               to_device(labels, self.device), to_device(videos, self.device), problems)
         return prepared, self.generator.get_state() if self.generator is not None else None
 
     def _produce(self) -> None:
