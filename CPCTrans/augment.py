@@ -11,6 +11,8 @@ import torch
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
+from CPCTrans.data import to_device
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SIZE = 224
@@ -120,19 +122,6 @@ def sample_params(recipe: Recipe, sizes: torch.Tensor, num_frames: int,
     frames = (count, num_frames)
     return AugmentParams(boxes=boxes, flip=flip, gray=gray.expand(frames), jitter_on=jitter_on.expand(frames),
                          factors=factors.expand(*frames, 4), order=order.expand(*frames, 4))
-
-
-def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A small tensor made on the host (boxes, indices, factors) -> `device`, without waiting for the GPU.
-
-    non_blocking alone does not do it: a copy from pageable memory holds the host until its stream has run
-    everything queued before it (CUDA's API synchronisation rules), a wait torch's sync debug mode does not
-    report. Copied from pinned memory, it is queued like a kernel.
-    """
-    tensor = tensor if dtype is None else tensor.to(dtype)
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def unit_frames(clips: torch.Tensor) -> torch.Tensor:

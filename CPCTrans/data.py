@@ -204,10 +204,24 @@ def collate_clips(batch):
     return stacked, sizes, torch.tensor(labels), torch.tensor(videos), problems
 
 
+def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host tensor (a batch, its labels; the augmentation's boxes, indices, factors) -> `device`, without
+    waiting for the GPU. The loader's batches come pinned already on CUDA; pin_memory() leaves them as they are.
+
+    non_blocking alone does not do it: a copy from pageable memory holds the host until its stream has run
+    everything queued before it (CUDA's API synchronisation rules), a wait torch's sync debug mode does not
+    report. Copied from pinned memory, it is queued like a kernel.
+    """
+    tensor = tensor if dtype is None else tensor.to(dtype)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def clips_to_device(clips, sizes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A collated batch -> uint8 clips on `device` and their frame sizes; encoded clips are decoded there."""
     if not isinstance(clips, tuple):
-        return clips.to(device, non_blocking=True), sizes
+        return to_device(clips, device), sizes
     data, lengths = clips
     try:
         frames = decode_jpeg(list(torch.split(data, lengths.flatten().tolist())), mode=ImageReadMode.RGB,

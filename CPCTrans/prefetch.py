@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from CPCTrans.augment import to_device
-from CPCTrans.data import clips_to_device
+from CPCTrans.data import clips_to_device, to_device
 
 _END = object()
 
