@@ -49,11 +49,14 @@ def dense_scores(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     """Every predicted vector against every target vector: a (B*P*h*w) x (B*P*h*w) matrix.
 
     Rows and columns are ordered (video, step, position); the positive of row i is column i.
+    Computed in fp32 even under bf16 autocast, as the reference computes it: once the targets barely change
+    over time, a positive and its temporal negatives differ by less than bf16's resolution at their size.
     """
     channels = predictions.shape[2]
     pred = predictions.permute(0, 1, 3, 4, 2).reshape(-1, channels).float()
     target = targets.permute(0, 1, 3, 4, 2).reshape(-1, channels).float()
-    return pred @ target.t()
+    with torch.autocast(predictions.device.type, enabled=False):
+        return pred @ target.t()
 
 
 def contrastive_loss(scores: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,21 @@ def test_predicting_the_targets_scores_top1_of_100_percent():
     assert contrastive_loss(perfect) < contrastive_loss(shuffled)
 
 
+
+def test_scores_under_bf16_autocast_still_tell_a_positive_from_its_temporal_negatives():
+    # Targets that barely change over time, as on the 1/3 plateau: a video's steps share a large component
+    # (score ~80) and differ by a small one (positive minus temporal negative ~0.05, below bf16's 0.5 there).
+    torch.manual_seed(0)
+    shared = torch.randn(2, 1, 128, 1, 1) * 0.8
+    per_step = torch.randn(2, 3, 128, 1, 1) * 0.02
+    targets = torch.cat([shared.expand(-1, 3, -1, -1, -1), per_step], dim=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = dense_scores(targets, targets)
+    metrics = PretextMetrics()
+    metrics.update(contrastive_loss(scores), scores, targets)
+    assert scores.dtype == torch.float32
+    assert metrics.summary()["top1"] == 1.0
+
 def test_score_kinds_on_a_case_checked_by_hand():
     # 2 videos x 2 steps x 2 positions; rows and columns ordered (video, step, position).
     P, S, T, E = 0, 1, 2, 3
