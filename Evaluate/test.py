@@ -179,11 +179,11 @@ def finetune(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     device = resolve_speed_flags(args)
     classes = class_names(args)
+    pretrained = load(args.pretrain, "cpc") if args.pretrain != "random" else None
     loaders = {stage: make_loader(clip_dataset(csv_name, args, len(classes), windows=False),
                                   args.batch_size, args.workers, stage == "train", device, args.seed)
                for stage, csv_name in (("train", "train"), ("val", "test"))}
 
-    pretrained = load(args.pretrain, "cpc") if args.pretrain != "random" else None
     model = VideoClassifier(len(classes), args.net, **architecture(args, pretrained and pretrained["model_config"],
                                                                    args.pretrain), dropout=args.dropout)
     if pretrained is not None:
