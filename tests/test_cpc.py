@@ -19,7 +19,6 @@ def test_predicting_the_targets_scores_top1_of_100_percent():
     assert contrastive_loss(perfect) < contrastive_loss(shuffled)
 
 
-
 def test_scores_under_bf16_autocast_still_tell_a_positive_from_its_temporal_negatives():
     # Targets that barely change over time, as on the 1/3 plateau: a video's steps share a large component
     # (score ~80) and differ by a small one (positive minus temporal negative ~0.05, below bf16's 0.5 there).
@@ -33,6 +32,7 @@ def test_scores_under_bf16_autocast_still_tell_a_positive_from_its_temporal_nega
     metrics.update(contrastive_loss(scores), scores, targets)
     assert scores.dtype == torch.float32
     assert metrics.summary()["top1"] == 1.0
+
 
 def test_score_kinds_on_a_case_checked_by_hand():
     # 2 videos x 2 steps x 2 positions; rows and columns ordered (video, step, position).
