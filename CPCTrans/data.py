@@ -84,10 +84,14 @@ def window_starts(num_frames: int, num_seq: int, ds: int) -> list[int]:
 
 def read_frames(paths: list[str]) -> list[torch.Tensor]:
     """JPEG files -> their bytes, as uint8 tensors."""
-    try:
-        return [read_file(path) for path in paths]
-    except RuntimeError as error:
-        raise DataError(f"{error}: a frame is missing; re-run ProcessData/extract_frame.py for that video") from None
+    frames = []
+    for path in paths:
+        try:
+            frames.append(read_file(path))
+        except RuntimeError:
+            raise DataError(f"{path}: frame missing or unreadable; re-run ProcessData/extract_frame.py for that "
+                            f"video") from None
+    return frames
 
 
 def decode_frames(paths: list[str]) -> torch.Tensor:
