@@ -59,6 +59,11 @@ def dense_scores(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tens
         return pred @ target.t()
 
 
+def reverse_future(clips: torch.Tensor, pred_step: int) -> torch.Tensor:
+    """Clips (B, N, ...) with their last `pred_step` frames (the ones the pretext predicts) in reverse order."""
+    return torch.cat([clips[:, :-pred_step], clips[:, -pred_step:].flip(1)], dim=1)
+
+
 def contrastive_loss(scores: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(scores, torch.arange(scores.shape[0], device=scores.device))
 
@@ -96,7 +101,7 @@ def step_similarity_sum(targets: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 class PretextMetrics:
     """Device-side counts for a stream of score matrices and their targets: top-1/3/5 hits, the kind of each
-    top-1 pick and the targets' similarity across steps.
+    top-1 pick, the targets' similarity across steps and, where given, the top-1 hits with the future reversed.
 
     Nothing here synchronises with the host; call `summary()` when numbers are needed. `step_similarity`
     False leaves the similarity out (training steps: a diagnostic that validation gives is not worth their time).
@@ -117,6 +122,8 @@ class PretextMetrics:
         self.picks = None
         self.similarity_sum = 0.0
         self.similarity_pairs = 0
+        self.reversed_hits = None
+        self.reversed_rows = 0
 
     def _kinds(self, shape: tuple, device: torch.device) -> torch.Tensor:
         key = (*shape, str(device))
@@ -147,6 +154,20 @@ class PretextMetrics:
         self.rows += rows
         self.batches += 1
 
+    @torch.no_grad()
+    def update_reversed(self, scores: torch.Tensor) -> None:
+        """Scores of the same clips with their predicted frames reversed (`reverse_future`).
+
+        A pretext that tells its steps apart by what the frames show loses the top-1 of the reversed steps. One
+        that keeps its top-1 does not tell them apart at all (the 1/3 plateau) or does so by something else:
+        where a frame sits (a position encoding, a causal mask) or the context the targets can see. It can then
+        score high while learning no motion (README).
+        """
+        rows = scores.shape[0]
+        hits = (scores.argmax(dim=1) == torch.arange(rows, device=scores.device)).sum()
+        self.reversed_hits = hits if self.reversed_hits is None else self.reversed_hits + hits
+        self.reversed_rows += rows
+
     def summary(self) -> dict:
         if self.rows == 0:
             return {}
@@ -159,4 +180,6 @@ class PretextMetrics:
                         for kind, name in enumerate(KIND_NAMES) if kind != POSITIVE})
         if self.similarity_pairs:
             summary["step_similarity"] = float(self.similarity_sum) / self.similarity_pairs
+        if self.reversed_rows:
+            summary["top1_reversed"] = float(self.reversed_hits) / self.reversed_rows
         return summary

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from CPCTrans.augment import COLOR_AUG_KINDS, ClipAugment, denormalize, pretraining_recipe
 from CPCTrans.checkpoint import CheckpointError, load_pretrained, training_state
-from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores
+from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores, reverse_future
 from CPCTrans.data import BadSamples, DataError, make_loader, read_class_names, split_dataset
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
@@ -136,6 +136,12 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
                 writer.add_image("input_clip", make_grid(denormalize(batch.inputs[0].float()),
                                                          nrow=batch.inputs.shape[1]), epoch)
             metrics.update(loss, scores, targets)
+            if not training and args.pred_step > 1:
+                # Only now: a CUDA-graph replay (--compile reduce-overhead) reuses the first pass's output memory.
+                with torch.no_grad():
+                    _, reversed_scores, _ = pretext_loss(model, reverse_future(batch.inputs, args.pred_step), device,
+                                                         args.amp)
+                metrics.update_reversed(reversed_scores)
             step += 1
             if step % args.print_freq == 0:
                 summary = metrics.summary()
@@ -158,7 +164,9 @@ def epoch_line(epoch: int, epochs: int, train: dict, val: dict, checkpoint: str)
     validation picks say why a pretext is stuck: mostly temporal at the 1/3 plateau (right video and position,
     wrong step), mostly other-video when only positions are told apart. The targets' similarity across steps
     says whether the temporal picks are the prediction's fault or the encoder's: near 1, the encoder gives
-    every frame of a video the same output, and no predictor can tell the steps apart."""
+    every frame of a video the same output, and no predictor can tell the steps apart. The top-1 with the
+    predicted frames reversed says whether the top-1 comes from what those frames show: if it hardly drops, the
+    steps are not told apart, or by where they sit or the context the targets see (PretextMetrics.update_reversed)."""
     line = f"epoch {epoch}/{epochs}  train loss {train['loss']:.4f} top1 {train['top1']:.4f}  "
     if val:
         line += (f"val loss {val['loss']:.4f} top1 {val['top1']:.4f} top3 {val['top3']:.4f} top5 {val['top5']:.4f}  "
@@ -166,6 +174,8 @@ def epoch_line(epoch: int, epochs: int, train: dict, val: dict, checkpoint: str)
                  f"other video {val['wrong_easy']:.2f}  ")
         if "step_similarity" in val:
             line += f"targets across steps: cos {val['step_similarity']:.2f}  "
+        if "top1_reversed" in val:
+            line += f"future reversed: top1 {val['top1_reversed']:.4f}  "
     return line + f"-> {checkpoint}"
 
 

@@ -1,7 +1,8 @@
 """The dense contrastive target, the negative kinds and the pretext metrics (DESIGN.md §2.7)."""
 import torch
 
-from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores, score_kinds, step_similarity_sum
+from CPCTrans.cpc import (CPCTrans, PretextMetrics, contrastive_loss, dense_scores, reverse_future, score_kinds,
+                          step_similarity_sum)
 
 
 def test_predicting_the_targets_scores_top1_of_100_percent():
@@ -115,3 +116,38 @@ def test_step_similarity_averages_over_the_pairs_of_all_batches():
     one_step = PretextMetrics()
     one_step.update(contrastive_loss(torch.eye(4)), torch.eye(4), torch.randn(4, 1, 16, 1, 1))
     assert "step_similarity" not in one_step.summary()  # a single predicted step has no pairs
+
+
+def test_the_reference_encoder_follows_reversed_future_frames_while_its_predictions_stay():
+    """Without position encoding the Transformer treats the tokens as a set: reversing the predicted frames
+    reverses the targets and leaves the context, so the check measures what the frames show. A position
+    encoding ties each target to its slot, so its targets no longer just swap places."""
+    torch.manual_seed(0)
+    clips = torch.randn(2, 5, 3, 64, 64)
+    reversed_clips = reverse_future(clips, 3)
+    assert torch.equal(reversed_clips[:, :2], clips[:, :2]) and torch.equal(reversed_clips[:, 2:], clips[:, [4, 3, 2]])
+    with torch.no_grad():
+        reference = CPCTrans().eval()
+        predictions, targets = reference(clips)
+        reversed_predictions, reversed_targets = reference(reversed_clips)
+        encoded = CPCTrans(pos_enc="sincos").eval()
+        _, encoded_targets = encoded(clips)
+        _, encoded_reversed_targets = encoded(reversed_clips)
+    assert torch.allclose(reversed_predictions, predictions, atol=1e-4)
+    assert torch.allclose(reversed_targets, targets.flip(1), atol=1e-4)
+    assert not torch.allclose(encoded_reversed_targets, encoded_targets.flip(1), atol=1e-2)
+
+
+def test_a_content_predictor_keeps_only_the_middle_step_when_the_future_is_reversed():
+    """Perfect predictions of targets that differ from step to step: top-1 1 as they come, 1/3 reversed (only the
+    middle of three steps stays in place). Targets told apart by their slot alone would keep top-1 1."""
+    torch.manual_seed(0)
+    targets = torch.randn(4, 3, 32, 2, 2)
+    metrics = PretextMetrics()
+    scores = dense_scores(targets, targets)
+    metrics.update(contrastive_loss(scores), scores, targets)
+    metrics.update_reversed(dense_scores(targets, targets.flip(1)))
+    summary = metrics.summary()
+    assert summary["top1"] == 1.0
+    assert abs(summary["top1_reversed"] - 1 / 3) < 1e-6
+    assert "top1_reversed" not in PretextMetrics().summary()

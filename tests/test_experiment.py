@@ -8,12 +8,14 @@ def test_table_gives_mean_and_sample_std_in_percent_per_row():
     results = {("full", "random"): {"finetune": [0.2, 0.4], "linear probe": [0.1, 0.1], "retrieval": [0.3, 0.5]},
                ("causal", "pretrained"): {"finetune": [0.5, 0.7], "linear probe": [0.6, 0.6],
                                           "retrieval": [0.2, 0.2], "pretext top1": [0.3, 0.34],
+                                          "pretext top1, future reversed": [0.1, 0.12],
                                           "targets across steps cos": [0.99, 0.95]}}
     lines = experiment.markdown_table(results, [0, 1]).splitlines()
     assert lines[0] == ("| attention | initialisation | finetune top1 | linear probe top1 | retrieval R@1 | "
-                        "pretext top1 | targets across steps cos |")
-    assert lines[2] == "| full | random | 30.0 ± 14.1 | 10.0 ± 0.0 | 40.0 ± 14.1 | – | – |"
-    assert lines[3] == "| causal | pretrained | 60.0 ± 14.1 | 60.0 ± 0.0 | 20.0 ± 0.0 | 32.0 ± 2.8 | 0.97 ± 0.03 |"
+                        "pretext top1 | pretext top1, future reversed | targets across steps cos |")
+    assert lines[2] == "| full | random | 30.0 ± 14.1 | 10.0 ± 0.0 | 40.0 ± 14.1 | – | – | – |"
+    assert lines[3] == ("| causal | pretrained | 60.0 ± 14.1 | 60.0 ± 0.0 | 20.0 ± 0.0 | 32.0 ± 2.8 | 11.0 ± 1.4 "
+                        "| 0.97 ± 0.03 |")
 
 
 def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_path):
@@ -25,9 +27,11 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     for row in rows.values():
         for metric in ("finetune", "linear probe", "retrieval"):
             assert len(row[metric]) == 1 and 0.0 <= row[metric][0] <= 1.0
-    # The pretraining's last validation, read from its checkpoint: pretext top-1 and the targets' similarity.
+    # The pretraining's last validation, read from its checkpoint: pretext top-1 (as is and with the future
+    # reversed) and the targets' similarity.
     pretrained = rows[("full", "pretrained")]
-    assert len(pretrained["pretext top1"]) == 1 and 0.0 <= pretrained["pretext top1"][0] <= 1.0
+    for name in ("pretext top1", "pretext top1, future reversed"):
+        assert len(pretrained[name]) == 1 and 0.0 <= pretrained[name][0] <= 1.0
     assert len(pretrained["targets across steps cos"]) == 1 and -1.0 <= pretrained["targets across steps cos"][0] <= 1
     assert "pretext top1" not in rows[("full", "random")]
     assert "| full | pretrained |" in (tmp_path / "results.md").read_text()

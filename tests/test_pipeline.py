@@ -50,9 +50,10 @@ def test_pretraining_writes_checkpoints_and_curves(pretrained):
     assert list(model_dir.parent.glob("img/train/events.out.tfevents.*"))
     line = only(line for line in (result.stderr + result.stdout).splitlines() if line.startswith("epoch 1/1"))
     shares = re.search(r"wrong picks: spatial (\S+) temporal (\S+) other video (\S+)  "
-                       r"targets across steps: cos (\S+)  -> epoch1.pth.tar$", line)
+                       r"targets across steps: cos (\S+)  future reversed: top1 (\S+)  -> epoch1.pth.tar$", line)
     assert shares and abs(sum(map(float, shares.groups()[:3])) - 1) <= 0.015, line
-    assert -1 <= float(shares.group(4)) <= 1, line
+    assert -1 <= float(shares.group(4)) <= 1 and 0 <= float(shares.group(5)) <= 1, line
+    assert abs(state["val_metrics"]["top1_reversed"] - float(shares.group(5))) <= 5e-5  # kept for the table
 
 
 def test_resume_continues_at_the_next_epoch_with_optimizer_state(pretrained, demo_dataset):
