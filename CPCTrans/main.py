@@ -137,7 +137,7 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
                                                          nrow=batch.inputs.shape[1]), epoch)
             metrics.update(loss, scores, targets)
             if not training and args.pred_step > 1:
-                # Only now: a CUDA-graph replay (--compile reduce-overhead) reuses the first pass's output memory.
+                # After update(): a CUDA-graph replay (--compile reduce-overhead) reuses the first pass's outputs.
                 with torch.no_grad():
                     _, reversed_scores, _ = pretext_loss(model, reverse_future(batch.inputs, args.pred_step), device,
                                                          args.amp)
