@@ -123,7 +123,6 @@ class PretextMetrics:
         self.similarity_sum = 0.0
         self.similarity_pairs = 0
         self.reversed_hits = None
-        self.reversed_rows = 0
 
     def _kinds(self, shape: tuple, device: torch.device) -> torch.Tensor:
         key = (*shape, str(device))
@@ -156,17 +155,16 @@ class PretextMetrics:
 
     @torch.no_grad()
     def update_reversed(self, scores: torch.Tensor) -> None:
-        """Scores of the same clips with their predicted frames reversed (`reverse_future`).
+        """Scores of the clips of the last `update`, with their predicted frames reversed (`reverse_future`);
+        call it after every `update` or never.
 
         A pretext that tells its steps apart by what the frames show loses the top-1 of the reversed steps. One
         that keeps its top-1 does not tell them apart at all (the 1/3 plateau) or does so by something else:
         where a frame sits (a position encoding, a causal mask) or the context the targets can see. It can then
         score high while learning no motion (README).
         """
-        rows = scores.shape[0]
-        hits = (scores.argmax(dim=1) == torch.arange(rows, device=scores.device)).sum()
+        hits = (scores.argmax(dim=1) == torch.arange(scores.shape[0], device=scores.device)).sum()
         self.reversed_hits = hits if self.reversed_hits is None else self.reversed_hits + hits
-        self.reversed_rows += rows
 
     def summary(self) -> dict:
         if self.rows == 0:
@@ -180,6 +178,6 @@ class PretextMetrics:
                         for kind, name in enumerate(KIND_NAMES) if kind != POSITIVE})
         if self.similarity_pairs:
             summary["step_similarity"] = float(self.similarity_sum) / self.similarity_pairs
-        if self.reversed_rows:
-            summary["top1_reversed"] = float(self.reversed_hits) / self.reversed_rows
+        if self.reversed_hits is not None:
+            summary["top1_reversed"] = float(self.reversed_hits) / self.rows
         return summary

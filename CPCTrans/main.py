@@ -92,6 +92,12 @@ def pretext_loss(model, inputs: torch.Tensor, device: torch.device, amp: bool):
     return loss, scores, targets
 
 
+def reversed_future_scores(model, inputs: torch.Tensor, pred_step: int, device: torch.device, amp: bool):
+    """The score matrix of the same clips with their predicted frames reversed (PretextMetrics.update_reversed)."""
+    with torch.no_grad(), autocast(device, amp):
+        return dense_scores(*model(reverse_future(inputs, pred_step)))
+
+
 def train_step(model, optimizer, inputs: torch.Tensor, device: torch.device, amp: bool):
     loss, scores, targets = pretext_loss(model, inputs, device, amp)
     optimizer.zero_grad(set_to_none=True)
@@ -138,10 +144,7 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
             metrics.update(loss, scores, targets)
             if not training and args.pred_step > 1:
                 # After update(): a CUDA-graph replay (--compile reduce-overhead) reuses the first pass's outputs.
-                with torch.no_grad():
-                    _, reversed_scores, _ = pretext_loss(model, reverse_future(batch.inputs, args.pred_step), device,
-                                                         args.amp)
-                metrics.update_reversed(reversed_scores)
+                metrics.update_reversed(reversed_future_scores(model, batch.inputs, args.pred_step, device, args.amp))
             step += 1
             if step % args.print_freq == 0:
                 summary = metrics.summary()
