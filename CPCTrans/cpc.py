@@ -99,6 +99,28 @@ def step_similarity_sum(targets: torch.Tensor) -> tuple[torch.Tensor, int]:
     return pair_sum, batch * vectors.shape[2] * steps * (steps - 1)
 
 
+def plateau_warning(val_metrics: dict, pred_step: int, checkpoint) -> str | None:
+    """One line when a pretraining checkpoint's last validation sits on the 1/pred_step plateau: top-1 at
+    1/pred_step, nine in ten wrong picks or more temporal (right video and position, wrong step) and the targets
+    alike across steps (cos 0.95 or more). None otherwise, or when not measured (a checkpoint saved without
+    validation, or from before the measures).
+
+    Finetuning from such weights ended below random initialisation in both runs measured (README). The similarity
+    alone does not say as much: a 100-step pretraining with per-clip colour had cos 1.00 and finetuned far
+    better than random weights.
+    """
+    needed = ("top1", "wrong_temporal", "step_similarity")
+    if any(key not in val_metrics for key in needed):
+        return None
+    top1, temporal, similarity = (val_metrics[key] for key in needed)
+    if abs(top1 - 1 / pred_step) > 0.03 or temporal < 0.9 or similarity < 0.95:
+        return None
+    return (f"warning: {checkpoint}: its last validation sits on the pretext's 1/{pred_step} plateau (top1 "
+            f"{top1:.4f}, {temporal:.0%} of the wrong picks temporal, targets across steps at cos {similarity:.2f}): "
+            "the encoder ignores motion, and finetuning from plateau weights ended below random initialisation in "
+            f"every run measured (README); pretrain until the top-1 leaves 1/{pred_step}")
+
+
 class PretextMetrics:
     """Device-side counts for a stream of score matrices and their targets: top-1/3/5 hits, the kind of each
     top-1 pick, the targets' similarity across steps and, where given, the top-1 hits with the future reversed.

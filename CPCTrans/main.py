@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from CPCTrans.augment import COLOR_AUG_KINDS, ClipAugment, denormalize, pretraining_recipe
 from CPCTrans.checkpoint import CheckpointError, load_pretrained, training_state
-from CPCTrans.cpc import CPCTrans, PretextMetrics, contrastive_loss, dense_scores, reverse_future
+from CPCTrans.cpc import (CPCTrans, PretextMetrics, contrastive_loss, dense_scores, plateau_warning,
+                         reverse_future)
 from CPCTrans.data import BadSamples, DataError, make_loader, read_class_names, split_dataset
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
@@ -208,6 +209,7 @@ def train(args: argparse.Namespace) -> Path:
     print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile or 'off'}); "
           f"logs and checkpoints in {run_dir}")
 
+    val_metrics = {}
     with stage_writers(run_dir) as writers, GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):
             skip = start_step if epoch == args.start_epoch else 0
@@ -236,6 +238,9 @@ def train(args: argparse.Namespace) -> Path:
             if stop.requested:
                 print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
                 return model_dir
+    warning = plateau_warning(val_metrics, args.pred_step, model_dir)
+    if warning:
+        print(warning)
     return model_dir
 
 

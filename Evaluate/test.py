@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment, ten_crop
 from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, training_state
+from CPCTrans.cpc import plateau_warning
 from CPCTrans.data import BadSamples, ClipDataset, DataError, make_loader, read_class_names, split_dataset
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
@@ -105,6 +106,15 @@ def class_names(args) -> list[str]:
     return read_class_names(csv_root(args) / "classInd.txt")
 
 
+def report_plateau(state: dict, checkpoint: str) -> None:
+    """Says so when a pretraining checkpoint's last validation sits on the pretext's plateau (cpc.plateau_warning)."""
+    if state["kind"] != "cpc":
+        return
+    warning = plateau_warning(state.get("val_metrics", {}), state["model_config"]["pred_step"], checkpoint)
+    if warning:
+        print(warning)
+
+
 def clip_dataset(stage: str, args, num_classes: int, windows: bool) -> ClipDataset:
     """Training and validation replace unreadable clips; testing (windows) must read every one."""
     return split_dataset(split_csv(args, stage), num_classes, args.num_seq, args.ds, windows=windows,
@@ -188,6 +198,7 @@ def finetune(args: argparse.Namespace) -> Path:
                                                                    args.pretrain), dropout=args.dropout)
     if pretrained is not None:
         print(load_pretrained(model, args.pretrain, pretrained))
+        report_plateau(pretrained, args.pretrain)
     step_model = prepare_model(model, device, args.compile)
     optimizer = adam(model.param_groups(args.train_what, args.lr), device, args.lr, args.wd)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.1)
@@ -306,6 +317,7 @@ def retrieve(args: argparse.Namespace) -> dict:
                             **architecture(args, state and state["model_config"], args.retrieval))
     if state is not None:
         print(load_pretrained(model, args.retrieval, state))
+        report_plateau(state, args.retrieval)
     step_model = prepare_model(model, device, args.compile)
     augmenter = ClipAugment(TEST, args.img_dim)
 

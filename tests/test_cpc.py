@@ -1,8 +1,8 @@
 """The dense contrastive target, the negative kinds and the pretext metrics (DESIGN.md §2.7)."""
 import torch
 
-from CPCTrans.cpc import (CPCTrans, PretextMetrics, contrastive_loss, dense_scores, reverse_future, score_kinds,
-                          step_similarity_sum)
+from CPCTrans.cpc import (CPCTrans, PretextMetrics, contrastive_loss, dense_scores, plateau_warning,
+                          reverse_future, score_kinds, step_similarity_sum)
 
 
 def test_predicting_the_targets_scores_top1_of_100_percent():
@@ -86,6 +86,29 @@ def test_targets_that_do_not_change_over_time_have_step_similarity_one():
     per_video = torch.randn(6, 1, 32, 2, 2)  # a vector per video and position, the same at every step
     assert abs(step_similarity(per_video.expand(-1, 3, -1, -1, -1)) - 1) < 1e-5
     assert abs(step_similarity(torch.randn(6, 3, 32, 2, 2))) < 0.1  # independent steps: near 0
+
+
+# Last validations of real CPU pretrainings (README), with what finetuning from them gave against random weights.
+PLATEAU = {"loss": 1.3055, "top1": 0.3333, "top3": 0.9611, "top5": 0.9833, "wrong_spatial": 0.0,
+           "wrong_temporal": 0.9375, "wrong_easy": 0.0625, "step_similarity": 0.9932, "top1_reversed": 0.3111}
+CLIP_COLOUR_100_STEPS = {"loss": 1.6347, "top1": 0.2642, "top3": 0.7798, "top5": 0.8687, "wrong_spatial": 0.0,
+                         "wrong_temporal": 0.6979, "wrong_easy": 0.3021, "step_similarity": 0.9992,
+                         "top1_reversed": 0.2531}
+
+
+def test_only_a_validation_on_the_plateau_warns_that_finetuning_from_it_fares_worse_than_random_weights():
+    warning = plateau_warning(PLATEAU, 3, "run/epoch100.pth.tar")  # finetuned: 17.8% against 41.5% from random
+    assert warning.startswith("warning: run/epoch100.pth.tar: its last validation sits on the pretext's 1/3 plateau")
+    assert "(top1 0.3333, 94% of the wrong picks temporal, targets across steps at cos 0.99)" in warning
+    assert "\n" not in warning
+    # Targets as alike, but a top-1 off 1/3 and wrong picks of both kinds: finetuned to 62.0% against 41.5%.
+    assert plateau_warning(CLIP_COLOUR_100_STEPS, 3, "run/epoch2.pth.tar") is None
+    # The plateau of two predicted steps is at 1/2.
+    assert plateau_warning(PLATEAU, 2, "run/epoch100.pth.tar") is None
+    assert plateau_warning({**PLATEAU, "top1": 0.5}, 2, "run/epoch100.pth.tar").count("1/2 plateau") == 1
+    # Checkpoints saved without a validation, or before the measures existed, say nothing.
+    assert plateau_warning({}, 3, "run/epoch1.pth.tar") is None
+    assert plateau_warning({"loss": 1.1, "top1": 0.3333}, 3, "run/epoch1.pth.tar") is None
 
 
 def test_a_clip_of_one_repeated_frame_gives_the_reference_encoder_identical_targets():

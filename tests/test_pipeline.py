@@ -79,7 +79,7 @@ def test_finetune_then_test_writes_accuracy_json_and_confusion_png(pretrained, d
     result = cli("Evaluate/test.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1,
                  "--pretrain", checkpoint, "--train_what", "ft", "--log_root", tmp_path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "predictor.0.weight" in result.stdout
+    assert "predictor.0.weight" in result.stdout and "warning:" not in result.stdout
     finetuned = only(tmp_path.glob("log_tmp/*/model/model_best_epoch*.pth.tar"))
     tested = cli("Evaluate/test.py", "--test", finetuned, "--csv_root", demo_dataset / "csv", "--workers", 1,
                  "--device", "cpu", cwd=tmp_path)
@@ -117,6 +117,28 @@ def test_retrieval_reports_recall_for_a_checkpoint_and_for_random_init(pretraine
         # 5 test videos query 10 training videos holding every class: the 10 nearest always hit.
         assert recalls == sorted(recalls) and recalls[2:] == [1.0, 1.0]
         assert (report["train_videos"], report["test_videos"], report["img_dim"]) == (10, 5, 64)
+
+
+def test_a_checkpoint_on_the_pretext_plateau_is_named_in_a_warning(pretrained, demo_dataset, tmp_path):
+    logs, result = pretrained
+    checkpoint = only(logs.glob("log_tmp/*/model/epoch1.pth.tar"))
+    assert "warning:" not in result.stdout  # one epoch from random weights: its frames still differ
+    # The same weights with the measures of a real 300-step CPU pretraining's last validation, on the 1/3 plateau.
+    state = torch.load(checkpoint, weights_only=True)
+    state["val_metrics"].update(top1=0.3333, wrong_temporal=0.9375, step_similarity=0.9932)
+    plateau = tmp_path / "plateau.pth.tar"
+    torch.save(state, plateau)
+    finetune = [*SMALL, "--epochs", 1, "--log_root", tmp_path, "--pretrain"]
+    for flags, source, warned in ((["--retrieval"], checkpoint, False), (["--retrieval"], plateau, True),
+                                  (finetune, plateau, True)):
+        result = cli("Evaluate/test.py", *flags, source, "--csv_root", demo_dataset / "csv", "--workers", 1,
+                     "--device", "cpu", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+        assert warnings == ([f"warning: {plateau}: its last validation sits on the pretext's 1/3 plateau (top1 "
+                             "0.3333, 94% of the wrong picks temporal, targets across steps at cos 0.99): the encoder "
+                             "ignores motion, and finetuning from plateau weights ended below random initialisation "
+                             "in every run measured (README); pretrain until the top-1 leaves 1/3"] if warned else [])
 
 
 def test_pretraining_choices_are_recorded_and_the_architecture_travels_to_finetuning(demo_dataset, tmp_path):
