@@ -5,7 +5,8 @@
 
 For every --attn and seed: pretrain with CPCTrans/main.py, then, from those weights and from a random
 initialisation, finetune (--train_what ft) and linearly probe (--train_what last) with Evaluate/test.py,
-test the last epoch of each, and retrieve nearest neighbours (--retrieval). Prints a markdown table of
+test the last epoch of each, and retrieve nearest neighbours (--retrieval, which also fits a linear probe to
+the same frozen features until it converges). Prints a markdown table of
 mean ± std over the seeds and writes it, with every run's numbers, to <out>/results.md and results.json.
 Everything goes through the same functions as the command lines; finished pieces are kept, so a rerun
 continues where an interrupted one stopped. --compile MODE goes to pretraining, finetuning and retrieval;
@@ -60,7 +61,7 @@ PRESETS = {
                     pretrain_epochs=1, finetune_epochs=1, probe_epochs=1),
 }
 CLIP = ["--num_seq", "5", "--pred_step", "3", "--ds", "3"]
-METRICS = (("finetune", "top1"), ("linear probe", "top1"), ("retrieval", "R@1"))
+METRICS = (("finetune", "top1"), ("linear probe", "top1"), ("feature probe", "top1"), ("retrieval", "R@1"))
 # The pretraining's last validation, for the pretrained rows: a pretext stuck at 1/3 with targets alike across
 # steps (cos near 1) learned to ignore motion, and finetuning from it can fall below random initialisation; a
 # pretext whose top-1 holds with its predicted frames reversed tells its steps apart by where they sit, or not at
@@ -99,9 +100,10 @@ def continue_run(args: argparse.Namespace, model_dir: Path) -> None:
         args.resume = "latest"
 
 
-def cached(path: Path, compute) -> dict:
-    """The JSON result at `path`, computed (and written there by `compute`) when missing."""
-    if not path.is_file():
+def cached(path: Path, compute, key: str) -> dict:
+    """The JSON result at `path`, computed (and written there by `compute`) when missing or written before it
+    held `key`."""
+    if not path.is_file() or key not in json.loads(path.read_text()):
         compute()
     return json.loads(path.read_text())
 
@@ -172,7 +174,7 @@ class Runner:
                                                    str(self.csv_root), "--workers", str(self.preset.workers),
                                                    "--device", self.preset.device]))
         with self.timed("finetuning and test" if train_what == "ft" else "linear probe and test"):
-            return cached(checkpoint.with_name(checkpoint.name + ".test.json"), finetune_and_test)
+            return cached(checkpoint.with_name(checkpoint.name + ".test.json"), finetune_and_test, "top1")
 
     def retrieve(self, init: str, attn: str, seed: int) -> dict:
         architecture = ["--attn", attn, "--pos_enc", self.pos_enc] if init == "random" else []
@@ -181,7 +183,7 @@ class Runner:
         path = (Path(init).with_name(Path(init).name + ".retrieval.json") if init != "random" else
                 evaluation.random_retrieval_path(args, attn, self.pos_enc))
         with self.timed("retrieval"):
-            return cached(path, lambda: evaluation.retrieve(args))
+            return cached(path, lambda: evaluation.retrieve(args), "probe_top1")
 
 
 def run_experiment(runner: Runner, attns: list[str], seeds: list[int]) -> dict:
@@ -194,7 +196,9 @@ def run_experiment(runner: Runner, attns: list[str], seeds: list[int]) -> dict:
                 row = results.setdefault((attn, init), {metric: [] for metric, _ in METRICS})
                 row["finetune"].append(runner.classify(source, attn, seed, "ft")["top1"])
                 row["linear probe"].append(runner.classify(source, attn, seed, "last")["top1"])
-                row["retrieval"].append(runner.retrieve(source, attn, seed)["R@1"])
+                retrieved = runner.retrieve(source, attn, seed)
+                row["feature probe"].append(retrieved["probe_top1"])
+                row["retrieval"].append(retrieved["R@1"])
             pretext = load(checkpoint).get("val_metrics", {})  # empty in checkpoints from before it was kept
             for name, key, *_ in PRETEXT:
                 if key in pretext:
@@ -218,10 +222,12 @@ def markdown_table(results: dict, seeds: list[int]) -> str:
         cells += [mean_std(row.get(name, []), scale, digits) for name, _, scale, digits in PRETEXT]
         lines.append(f"| {attn} | {init} | " + " | ".join(cells) + " |")
     lines.append(f"\n(percent, mean ± std over seeds {', '.join(map(str, seeds))}; top-1 on the test split's "
-                 f"videos, R@1: test videos querying training videos; the pretext columns are the pretraining's "
-                 f"last validation: its top-1, the same with the predicted frames in reverse order (as high when "
-                 f"the hits do not come from what those frames show), and the mean cosine similarity of a video's "
-                 f"targets at different steps, near 1 when the encoder stopped seeing time)")
+                 f"videos; feature probe: a logistic regression fitted to convergence on the frozen features "
+                 f"that retrieval uses; R@1: test videos querying training videos; the pretext columns are the "
+                 f"pretraining's last validation: its top-1, the same with the predicted frames in reverse order "
+                 f"(as high when the hits do not come from what those frames show), and the mean cosine "
+                 f"similarity of a video's targets at different steps, near 1 when the encoder stopped seeing "
+                 f"time)")
     return "\n".join(lines)
 
 

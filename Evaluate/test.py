@@ -3,7 +3,8 @@
     python Evaluate/test.py --net resnet18 --dataset ucf101 --batch_size 16 --img_dim 224 \
         --pretrain X.pth.tar --train_what ft --epochs 300 --num_seq 7 --pred_step 3
     python Evaluate/test.py --net resnet18 --dataset ucf101 --batch_size 16 --img_dim 224 --test finetuned.pth.tar
-    python Evaluate/test.py --dataset ucf101 --retrieval X.pth.tar      (nearest-neighbour R@1/5/10/20)
+    python Evaluate/test.py --dataset ucf101 --retrieval X.pth.tar      (nearest-neighbour R@1/5/10/20, and a
+                                                                        linear probe on the same frozen features)
 """
 import argparse
 import json
@@ -29,6 +30,7 @@ from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, a
                               split_csv, stage_writers, user_error, validates)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
+from Evaluate.feature_probe import feature_probe_top1
 from Evaluate.retrieval import recall_at_k, video_features
 from Evaluate.video_mean import VideoMean
 
@@ -58,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --test: average ten views of each window (corners and centre, each also flipped)")
     parser.add_argument("--retrieval", default="",
                         help="pretraining or finetuned checkpoint, or 'random': test videos query training videos "
-                             "by their features; prints and saves R@1/5/10/20")
+                             "by their features; prints and saves R@1/5/10/20, and the top-1 of a linear probe fitted "
+                             "to the same features")
     parser.add_argument("--epochs", default=300, type=int)
     parser.add_argument("--start_epoch", default=0, type=int)
     parser.add_argument("--print_freq", default=5, type=int)
@@ -306,7 +309,8 @@ def test(args: argparse.Namespace) -> dict:
 @torch.no_grad()
 def retrieve(args: argparse.Namespace) -> dict:
     """Nearest-neighbour retrieval with the features of --retrieval: a pretraining or finetuned checkpoint,
-    or a random initialisation (seeded by --seed). Every video's features average its test windows."""
+    or a random initialisation (seeded by --seed). Every video's features average its test windows. The same
+    features also get a linear probe fitted to convergence (Evaluate.feature_probe)."""
     state = load(args.retrieval) if args.retrieval != "random" else None
     saved = {**state.get("args", {}), **state["model_config"]} if state is not None else {}
     fill_data_flags(args, saved)
@@ -330,10 +334,13 @@ def retrieve(args: argparse.Namespace) -> dict:
                                              desc=f"{stage} features")
         labels[stage] = torch.tensor([record.label for record in dataset.videos])
     result = {**recall_at_k(features["train"], labels["train"], features["test"], labels["test"]),
+              "probe_top1": feature_probe_top1(features["train"], labels["train"], features["test"],
+                                               labels["test"], len(classes)),
               "train_videos": len(labels["train"]), "test_videos": len(labels["test"]), "dataset": args.dataset,
               "split": args.split, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
               "checkpoint": args.retrieval, **model.config}
     print("retrieval " + " ".join(f"{key}: {result[key]:.4f}" for key in result if key.startswith("R@")))
+    print(f"linear probe on the same features (logistic regression, converged): top1 {result['probe_top1']:.4f}")
     if state is not None:
         path = Path(args.retrieval)
         json_path = path.with_name(path.name + ".retrieval.json")

@@ -5,17 +5,19 @@ from Evaluate import experiment
 
 
 def test_table_gives_mean_and_sample_std_in_percent_per_row():
-    results = {("full", "random"): {"finetune": [0.2, 0.4], "linear probe": [0.1, 0.1], "retrieval": [0.3, 0.5]},
+    results = {("full", "random"): {"finetune": [0.2, 0.4], "linear probe": [0.1, 0.1], "feature probe": [0.2, 0.2],
+                                    "retrieval": [0.3, 0.5]},
                ("causal", "pretrained"): {"finetune": [0.5, 0.7], "linear probe": [0.6, 0.6],
-                                          "retrieval": [0.2, 0.2], "pretext top1": [0.3, 0.34],
+                                          "feature probe": [0.4, 0.5], "retrieval": [0.2, 0.2],
+                                          "pretext top1": [0.3, 0.34],
                                           "pretext top1, future reversed": [0.1, 0.12],
                                           "targets across steps cos": [0.99, 0.95]}}
     lines = experiment.markdown_table(results, [0, 1]).splitlines()
-    assert lines[0] == ("| attention | initialisation | finetune top1 | linear probe top1 | retrieval R@1 | "
-                        "pretext top1 | pretext top1, future reversed | targets across steps cos |")
-    assert lines[2] == "| full | random | 30.0 ± 14.1 | 10.0 ± 0.0 | 40.0 ± 14.1 | – | – | – |"
-    assert lines[3] == ("| causal | pretrained | 60.0 ± 14.1 | 60.0 ± 0.0 | 20.0 ± 0.0 | 32.0 ± 2.8 | 11.0 ± 1.4 "
-                        "| 0.97 ± 0.03 |")
+    assert lines[0] == ("| attention | initialisation | finetune top1 | linear probe top1 | feature probe top1 | "
+                        "retrieval R@1 | pretext top1 | pretext top1, future reversed | targets across steps cos |")
+    assert lines[2] == "| full | random | 30.0 ± 14.1 | 10.0 ± 0.0 | 20.0 ± 0.0 | 40.0 ± 14.1 | – | – | – |"
+    assert lines[3] == ("| causal | pretrained | 60.0 ± 14.1 | 60.0 ± 0.0 | 45.0 ± 7.1 | 20.0 ± 0.0 | 32.0 ± 2.8 "
+                        "| 11.0 ± 1.4 | 0.97 ± 0.03 |")
 
 
 def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_path):
@@ -25,7 +27,7 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     rows = {(row["attn"], row["init"]): row for row in report["results"]}
     assert set(rows) == {("full", "random"), ("full", "pretrained")}
     for row in rows.values():
-        for metric in ("finetune", "linear probe", "retrieval"):
+        for metric in ("finetune", "linear probe", "feature probe", "retrieval"):
             assert len(row[metric]) == 1 and 0.0 <= row[metric][0] <= 1.0
     # The pretraining's last validation, read from its checkpoint: pretext top-1 (as is and with the future
     # reversed) and the targets' similarity.
@@ -42,6 +44,16 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert len(checkpoints) == 5  # one pretraining, two finetunings, two linear probes
     written = {path: path.stat().st_mtime_ns for path in checkpoints}
 
+    assert experiment.main(argv) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["results"] == report["results"]
+    assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
+
+    # Retrieval results written before the feature probe existed: retrieved again, nothing trained again.
+    retrievals = sorted(tmp_path.glob("logs/**/*.retrieval.json"))
+    assert len(retrievals) == 2
+    for path in retrievals:
+        path.write_text(json.dumps({key: value for key, value in json.loads(path.read_text()).items()
+                                    if key != "probe_top1"}))
     assert experiment.main(argv) == 0
     assert json.loads((tmp_path / "results.json").read_text())["results"] == report["results"]
     assert {path: path.stat().st_mtime_ns for path in checkpoints} == written

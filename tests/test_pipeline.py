@@ -117,6 +117,11 @@ def test_retrieval_reports_recall_for_a_checkpoint_and_for_random_init(pretraine
         # 5 test videos query 10 training videos holding every class: the 10 nearest always hit.
         assert recalls == sorted(recalls) and recalls[2:] == [1.0, 1.0]
         assert (report["train_videos"], report["test_videos"], report["img_dim"]) == (10, 5, 64)
+        # A linear probe fitted to the same features: its top-1 counts how many of the 5 test videos it got right.
+        line = only(line for line in result.stdout.splitlines() if line.startswith("linear probe on the same"))
+        assert line.endswith(f"top1 {report['probe_top1']:.4f}")
+        right = 5 * report["probe_top1"]
+        assert right == pytest.approx(round(right)) and 0 <= right <= 5
 
 
 def test_a_checkpoint_on_the_pretext_plateau_is_named_in_a_warning(pretrained, demo_dataset, tmp_path):
