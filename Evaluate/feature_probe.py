@@ -35,7 +35,7 @@ def feature_probe_top1(train_features: torch.Tensor, train_labels: torch.Tensor,
                        test_labels: torch.Tensor, num_classes: int) -> float:
     """Test top-1 of a probe fitted to the training videos' features, both sets standardised with the training
     set's mean and std, as the classifier's BatchNorm1d does at test time."""
-    mean, std = train_features.mean(dim=0), train_features.std(dim=0).clamp_min(1e-6)
+    mean, std = train_features.mean(dim=0), train_features.std(dim=0, correction=0).clamp_min(1e-6)
     linear = fit_linear_probe((train_features - mean) / std, train_labels, num_classes)
     with torch.no_grad():
         return (linear((test_features - mean) / std).argmax(dim=1) == test_labels).float().mean().item()
