@@ -117,8 +117,9 @@ def plateau_warning(val_metrics: dict, pred_step: int, checkpoint) -> str | None
         return None
     return (f"warning: {checkpoint}: its last validation sits on the pretext's 1/{pred_step} plateau (top1 "
             f"{top1:.4f}, {temporal:.0%} of the wrong picks temporal, targets across steps at cos {similarity:.2f}): "
-            "the encoder ignores motion, and finetuning from plateau weights ended below random initialisation in "
-            f"every run measured (README); pretrain until the top-1 leaves 1/{pred_step}")
+            "the encoder gives a clip's frames nearly the same output, and finetuning from plateau weights ended "
+            f"below random initialisation in every run measured (README); pretrain until the top-1 leaves "
+            f"1/{pred_step}")
 
 
 class PretextMetrics:
