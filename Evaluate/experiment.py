@@ -63,9 +63,9 @@ PRESETS = {
 CLIP = ["--num_seq", "5", "--pred_step", "3", "--ds", "3"]
 METRICS = (("finetune", "top1"), ("linear probe", "top1"), ("feature probe", "top1"), ("retrieval", "R@1"))
 # The pretraining's last validation, for the pretrained rows: a pretext stuck at 1/3 with targets alike across
-# steps (cos near 1) learned to ignore motion, and finetuning from it can fall below random initialisation; a
-# pretext whose top-1 holds with its predicted frames reversed tells its steps apart by where they sit, or not at
-# all, but not by what they show. Columns: name, key in the checkpoint's val_metrics, and how a value is shown
+# steps (cos near 1) gives a clip's frames nearly the same output, and finetuning from it can fall below random
+# initialisation; a pretext whose top-1 holds with its predicted frames reversed tells its steps apart by where
+# they sit, or not at all, but not by what they show. Columns: name, key in the checkpoint's val_metrics, and how a value is shown
 # (scale, digits).
 PRETEXT = (("pretext top1", "top1", 100, 1), ("pretext top1, future reversed", "top1_reversed", 100, 1),
            ("targets across steps cos", "step_similarity", 1, 2))
@@ -103,8 +103,11 @@ def continue_run(args: argparse.Namespace, model_dir: Path) -> None:
 def cached(path: Path, compute, key: str) -> dict:
     """The JSON result at `path`, computed (and written there by `compute`) when missing or written before it
     held `key`."""
-    if not path.is_file() or key not in json.loads(path.read_text()):
-        compute()
+    if path.is_file():
+        result = json.loads(path.read_text())
+        if key in result:
+            return result
+    compute()
     return json.loads(path.read_text())
 
 
