@@ -65,8 +65,8 @@ METRICS = (("finetune", "top1"), ("linear probe", "top1"), ("feature probe", "to
 # The pretraining's last validation, for the pretrained rows: a pretext stuck at 1/3 with targets alike across
 # steps (cos near 1) gives a clip's frames nearly the same output, and finetuning from it can fall below random
 # initialisation; a pretext whose top-1 holds with its predicted frames reversed tells its steps apart by where
-# they sit, or not at all, but not by what they show. Columns: name, key in the checkpoint's val_metrics, and how a value is shown
-# (scale, digits).
+# they sit, or not at all, but not by what they show. Columns: name, key in the checkpoint's val_metrics, and how
+# a value is shown (scale, digits).
 PRETEXT = (("pretext top1", "top1", 100, 1), ("pretext top1, future reversed", "top1_reversed", 100, 1),
            ("targets across steps cos", "step_similarity", 1, 2))
 
