@@ -39,6 +39,14 @@ TEST = Recipe(crop="center")
 COLOR_AUG_KINDS = ("frame", "clip")
 
 
+def finetuning_recipes(color_jitter: bool) -> tuple[Recipe, Recipe]:
+    """Finetuning's training and validation augmentation, with the reference's colour jitter or with crop and
+    flip only."""
+    if color_jitter:
+        return FINETUNE_TRAIN, FINETUNE_VAL
+    return replace(FINETUNE_TRAIN, jitter_p=0.0), replace(FINETUNE_VAL, jitter_p=0.0)
+
+
 def pretraining_recipe(color_aug: str) -> Recipe:
     """The pretraining augmentation, its grayscale and colour jitter drawn per frame (the reference) or per clip."""
     if color_aug not in COLOR_AUG_KINDS:

@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, TEST, ClipAugment, ten_crop
+from CPCTrans.augment import TEST, ClipAugment, finetuning_recipes, ten_crop
 from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, training_state
 from CPCTrans.cpc import plateau_warning
 from CPCTrans.data import BadSamples, ClipDataset, DataError, make_loader, read_class_names, split_dataset
@@ -69,6 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prefix", default="tmp")
     parser.add_argument("--train_what", default="ft", choices=TRAIN_WHAT,
                         help="ft: all, encoder at lr/10; all: all at lr; last: linear probe")
+    parser.add_argument("--color_jitter", default=None, choices=("on", "off"),
+                        help="finetuning's colour jitter (the reference's, p=0.3 per clip). Default on, but off for "
+                             "--train_what last: a frozen encoder cannot learn to ignore colour, so a linear probe "
+                             "trains on crops and flips only, as the field's linear evaluations do (README)")
     parser.add_argument("--img_dim", default=None, type=int, help="default 128")
     add_run_flags(parser, REPO_ROOT / "Evaluate")
     add_speed_flags(parser)
@@ -82,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--test and --retrieval are separate runs; give one of them")
     if args.ten_crop and not args.test:
         parser.error("--ten_crop is a test-time option; use it with --test")
+    if args.color_jitter is None:
+        args.color_jitter = "off" if args.train_what == "last" else "on"
     return args
 
 
@@ -175,6 +181,9 @@ def run_name(args) -> str:
     name = (f"{args.dataset}-{args.img_dim}-split{args.split}_{args.net}_{args.model}_bs{args.batch_size}"
             f"_lr{args.lr}_wd{args.wd}_dp{args.dropout}_seq{args.num_seq}_ds{args.ds}_train-{args.train_what}"
             f"_pt={pretrain}")
+    # Names the departure from the reference's augmentation: runs from before the flag had jitter on.
+    if args.color_jitter == "off":
+        name += "_jitter-off"
     # A random init's architecture is its flags' (a checkpoint's is in its name); defaults keep the plain name.
     for key, default in ARCHITECTURE_DEFAULTS.items():
         if args.pretrain == "random" and getattr(args, key) not in (None, default):
@@ -212,7 +221,8 @@ def finetune(args: argparse.Namespace) -> Path:
     model_dir = run_dir / "model"
     best_acc, start_step, resume_rng = resume_training(args, model, config, optimizer, scheduler, model_dir)
 
-    augmenters = {"train": ClipAugment(FINETUNE_TRAIN, args.img_dim), "val": ClipAugment(FINETUNE_VAL, args.img_dim)}
+    train_recipe, val_recipe = finetuning_recipes(args.color_jitter == "on")
+    augmenters = {"train": ClipAugment(train_recipe, args.img_dim), "val": ClipAugment(val_recipe, args.img_dim)}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
           f"compile={args.compile or 'off'}); logs and checkpoints in {run_dir}")

@@ -4,7 +4,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from CPCTrans import augment
-from CPCTrans.augment import FINETUNE_TRAIN, PRETRAIN, TEST, apply_params, sample_params
+from CPCTrans.augment import FINETUNE_TRAIN, FINETUNE_VAL, PRETRAIN, TEST, apply_params, sample_params
 
 
 def generator(seed=0):
@@ -91,6 +91,16 @@ def test_colour_jitter_applies_each_frames_operations_in_its_own_order_like_torc
         for op_index in frame_order.tolist() if frame_on else []:
             expected = operations[op_index](expected, float(frame_factors[op_index]))
         assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_finetuning_without_colour_jitter_draws_the_same_crops_and_flips_and_no_colour():
+    sizes = torch.tensor([[240, 320]] * 4000)
+    assert augment.finetuning_recipes(True) == (FINETUNE_TRAIN, FINETUNE_VAL)
+    for jittered, plain in zip(augment.finetuning_recipes(True), augment.finetuning_recipes(False)):
+        with_colour, without = (sample_params(recipe, sizes, 5, generator()) for recipe in (jittered, plain))
+        assert with_colour.jitter_on[:, 0].float().mean() == pytest.approx(0.3, abs=0.03)
+        assert not without.jitter_on.any() and not without.gray.any()
+        assert torch.equal(without.boxes, with_colour.boxes) and torch.equal(without.flip, with_colour.flip)
 
 
 def test_random_sized_crops_keep_area_and_aspect_in_range():

@@ -164,6 +164,18 @@ def test_pretraining_choices_are_recorded_and_the_architecture_travels_to_finetu
     assert result.returncode == 0, result.stderr
     finetuned = torch.load(only(finetune_logs.glob("log_tmp/*/model/epoch1.pth.tar")), weights_only=True)
     assert (finetuned["model_config"]["attn"], finetuned["model_config"]["pos_enc"]) == ("causal", "sincos")
+    assert finetuned["args"]["color_jitter"] == "off", "a linear probe trains on crops and flips only"
+
+
+def test_colour_jitter_is_on_for_finetuning_and_off_for_a_linear_probe_unless_asked():
+    for flags, jitter in ((["--train_what", "ft"], "on"), (["--train_what", "last"], "off"),
+                          (["--train_what", "last", "--color_jitter", "on"], "on"),
+                          (["--train_what", "all", "--color_jitter", "off"], "off")):
+        args = evaluation.parse_args(["--dataset", "demo", "--img_dim", "64", *flags])
+        evaluation.fill_data_flags(args)
+        assert args.color_jitter == jitter
+        # runs without the reference's jitter get their own folder: they never continue or reuse one with it
+        assert evaluation.run_name(args).endswith("_jitter-off") == (jitter == "off")
 
 
 def test_test_refuses_a_pretraining_checkpoint_in_one_line(pretrained, demo_dataset, tmp_path):
