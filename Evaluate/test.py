@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--color_jitter", default=None, choices=("on", "off"),
                         help="finetuning's colour jitter (the reference's, p=0.3 per clip). Default on, but off for "
                              "--train_what last: a frozen encoder cannot learn to ignore colour, so a linear probe "
-                             "trains on crops and flips only, as the field's linear evaluations do (README)")
+                             "trains on crops and flips only, as linear evaluations commonly do (README)")
     parser.add_argument("--img_dim", default=None, type=int, help="default 128")
     add_run_flags(parser, REPO_ROOT / "Evaluate")
     add_speed_flags(parser)
