@@ -1,6 +1,8 @@
 """The pretrained-vs-random experiment: its table, and the whole chain on the smoke preset."""
 import json
 
+import torch
+
 from Evaluate import experiment
 
 
@@ -37,6 +39,10 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert len(pretrained["targets across steps cos"]) == 1 and -1.0 <= pretrained["targets across steps cos"][0] <= 1
     assert "pretext top1" not in rows[("full", "random")]
     assert "| full | pretrained |" in (tmp_path / "results.md").read_text()
+    # Pretrained with per-clip colour unless told otherwise, and the pretraining itself recorded it.
+    assert report["color_aug"] == "clip"
+    pretraining, = tmp_path.glob("logs/pretrain/**/epoch1.pth.tar")
+    assert torch.load(pretraining, weights_only=True)["args"]["color_aug"] == "clip"
     assert set(report["minutes_by_stage"]) == {"pretraining", "finetuning and test", "linear probe and test",
                                                "retrieval"}
     assert 0 < sum(report["minutes_by_stage"].values()) <= report["minutes"]
@@ -58,13 +64,13 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert json.loads((tmp_path / "results.json").read_text())["results"] == report["results"]
     assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
 
-    # Another pretraining augmentation in the same folder: pretrained anew, the random-init runs reused.
-    assert experiment.main([*argv, "--color_aug", "clip"]) == 0
+    # The reference's per-frame colour in the same folder: pretrained anew, the random-init runs reused.
+    assert experiment.main([*argv, "--color_aug", "frame"]) == 0
     assert len(list(tmp_path.glob("logs/**/epoch1.pth.tar"))) == 8  # a pretraining, a finetuning, a probe
     assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
-    clip_report = json.loads((tmp_path / "results.json").read_text())
-    assert clip_report["color_aug"] == "clip"
-    assert [row for row in clip_report["results"] if row["init"] == "random"] == \
+    frame_report = json.loads((tmp_path / "results.json").read_text())
+    assert frame_report["color_aug"] == "frame"
+    assert [row for row in frame_report["results"] if row["init"] == "random"] == \
         [row for row in report["results"] if row["init"] == "random"]
 
     # A longer pretraining than the preset's: its own run, which does not continue the 1-epoch one.
