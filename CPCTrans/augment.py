@@ -254,10 +254,50 @@ def color_jitter(frames: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, 
     return frames
 
 
-def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recipe: Recipe) -> torch.Tensor:
-    """uint8 clips (B, N, 3, H, W) on any device -> normalised float (B, N, 3, img_dim, img_dim)."""
+def _per_frame(chosen: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return torch.where(chosen.view(-1, 1, 1, 1), new, old)
+
+
+def fused_colour(frames: torch.Tensor, packed: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                 jitter: bool) -> torch.Tensor:
+    """Flip, grayscale, colour jitter and normalisation of cropped frames (F, 3, S, S), with the parameters of
+    pack_colour_params: every frame goes through every operation at every position and keeps the result its
+    parameters choose. The formulas are apply_params' own, but no shape depends on the draws, so torch.compile
+    fuses the lot into a few kernels where apply_params launches some hundred (four times the arithmetic)."""
+    flip, gray, jitter_on = (packed[:, column] > 0.5 for column in range(3))
+    factors, order = packed[:, 3:7], packed[:, 7:11]
+    frames = _per_frame(flip, frames.flip(-1), frames)
+    frames = _per_frame(gray, _grayscale(frames).expand_as(frames), frames)
+    if jitter:
+        for position in range(order.shape[1]):
+            jittered = frames
+            for index, op in enumerate(JITTER_OPS):
+                chosen = jitter_on & (order[:, position] == index)
+                jittered = _per_frame(chosen, op(frames, factors[:, index].view(-1, 1, 1, 1)), jittered)
+            frames = jittered
+    return (frames - mean) / std
+
+
+def pack_colour_params(params: AugmentParams, steps: int) -> torch.Tensor:
+    """(B*N, 11) floats on the host, one row per frame: flip, grayscale, jitter on, four factors, four operations
+    in order. One copy takes them to the device."""
+    return torch.cat([params.flip.repeat_interleave(steps)[:, None], params.gray.flatten()[:, None],
+                      params.jitter_on.flatten()[:, None], params.factors.flatten(0, 1),
+                      params.order.flatten(0, 1)], dim=1).float()
+
+
+def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recipe: Recipe,
+                 colour=None) -> torch.Tensor:
+    """uint8 clips (B, N, 3, H, W) on any device -> normalised float (B, N, 3, img_dim, img_dim).
+
+    `colour`: fused_colour, or a compiled version of it, to use instead of the per-group operations below."""
     batch, steps = clips.shape[:2]
     frames = crop_resize(unit_frames(clips), params.boxes, steps, img_dim)
+    if colour is not None:
+        frames = colour(frames, to_device(pack_colour_params(params, steps), frames.device),
+                        channel_constant(IMAGENET_MEAN, frames.device), channel_constant(IMAGENET_STD, frames.device),
+                        recipe.jitter is not None)
+        return frames.view(batch, steps, 3, img_dim, img_dim)
     flip = params.flip.repeat_interleave(steps)
     if flip.any():
         index = _device_index(flip, frames.device)
@@ -284,11 +324,15 @@ def normalize(frames: torch.Tensor) -> torch.Tensor:
 
 
 class ClipAugment:
-    """The augmentation of one stage: draws parameters with its own generator, applies them on the clips' device."""
+    """The augmentation of one stage: draws parameters with its own generator, applies them on the clips' device.
 
-    def __init__(self, recipe: Recipe, img_dim: int, seed: int | None = None):
+    `compiled`: the colour operations go through torch.compile'd fused_colour (same draws, same formulas), which
+    takes the host a few kernel launches per batch instead of some hundred."""
+
+    def __init__(self, recipe: Recipe, img_dim: int, seed: int | None = None, compiled: bool = False):
         self.recipe = recipe
         self.img_dim = img_dim
+        self.colour = torch.compile(fused_colour) if compiled else None
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -298,7 +342,7 @@ class ClipAugment:
 
     def __call__(self, clips: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         params = sample_params(self.recipe, sizes, clips.shape[1], self.generator)
-        return apply_params(clips, params, self.img_dim, self.recipe)
+        return apply_params(clips, params, self.img_dim, self.recipe, self.colour)
 
 
 def denormalize(frames: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     model = CPCTrans(num_seq=args.num_seq, pred_step=args.pred_step)
     step_model = prepare_model(model, device, args.compile).train()
     optimizer = adam(model.parameters(), device, lr=1e-3, weight_decay=1e-5)
-    augmenter = ClipAugment(PRETRAIN, args.img_dim, seed=0)
+    augmenter = ClipAugment(PRETRAIN, args.img_dim, seed=0, compiled=args.compile is not None)
     clips_needed = args.batch_size * (args.steps + args.warmup)
     dataset = ClipDataset(records * max(1, -(-clips_needed // len(records))), args.num_seq, args.ds,
                           encoded=args.decode == "gpu")

@@ -204,7 +204,8 @@ def train(args: argparse.Namespace) -> Path:
                                                        model_dir)
 
     recipe = pretraining_recipe(args.color_aug)
-    augmenters = {stage: ClipAugment(recipe, args.img_dim) for stage in ("train", "val")}
+    augmenters = {stage: ClipAugment(recipe, args.img_dim, compiled=args.compile is not None)
+                  for stage in ("train", "val")}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile or 'off'}); "
           f"logs and checkpoints in {run_dir}")

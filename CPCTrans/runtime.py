@@ -131,8 +131,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 def add_compile_flag(parser) -> None:
     parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
-                        help="torch.compile the model; MODE reduce-overhead also replays each step as a CUDA graph, "
-                             "which removes the per-kernel launch cost that bounds small batches (choices: "
+                        help="torch.compile the model and the training augmentation's colour operations; MODE "
+                             "reduce-overhead also replays each model step as a CUDA graph, which removes the "
+                             "per-kernel launch cost that bounds small batches (choices: "
                              + ", ".join(COMPILE_MODES) + "; --compile alone: default)")
 
 

@@ -222,7 +222,9 @@ def finetune(args: argparse.Namespace) -> Path:
     best_acc, start_step, resume_rng = resume_training(args, model, config, optimizer, scheduler, model_dir)
 
     train_recipe, val_recipe = finetuning_recipes(args.color_jitter == "on")
-    augmenters = {"train": ClipAugment(train_recipe, args.img_dim), "val": ClipAugment(val_recipe, args.img_dim)}
+    compiled = args.compile is not None
+    augmenters = {"train": ClipAugment(train_recipe, args.img_dim, compiled=compiled),
+                  "val": ClipAugment(val_recipe, args.img_dim, compiled=compiled)}
     bad_samples = BadSamples(args.max_bad_samples)
     print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
           f"compile={args.compile or 'off'}); logs and checkpoints in {run_dir}")

@@ -1,4 +1,6 @@
 """Batched augmentation: what is shared by a clip's frames, what is drawn per frame, and the ranges."""
+from dataclasses import replace
+
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -91,6 +93,19 @@ def test_colour_jitter_applies_each_frames_operations_in_its_own_order_like_torc
         for op_index in frame_order.tolist() if frame_on else []:
             expected = operations[op_index](expected, float(frame_factors[op_index]))
         assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", [PRETRAIN, augment.pretraining_recipe("clip"), FINETUNE_TRAIN, FINETUNE_VAL, TEST],
+                         ids=["pretraining", "pretraining per clip", "finetuning", "finetuning validation", "test"])
+def test_fused_colour_gives_the_per_group_operations_clips_bit_for_bit(recipe):
+    """What --compile compiles (fused_colour: every frame through every operation, each keeping what its draws
+    chose) gives the same clips as the operations applied group by group, the path without --compile."""
+    clips = torch.randint(0, 256, (16, 5, 3, 120, 160), dtype=torch.uint8, generator=generator(5))
+    params = sample_params(recipe, torch.tensor([[120, 160]] * 16), 5, generator(6))
+    fused = apply_params(clips, params, 48, recipe, augment.fused_colour)
+    assert torch.equal(fused, apply_params(clips, params, 48, recipe))
+    if recipe.jitter_p:  # the draws did reach the colour: without them the clips differ
+        assert not torch.equal(fused, apply_params(clips, params, 48, replace(recipe, jitter=None)))
 
 
 def test_finetuning_without_colour_jitter_draws_the_same_crops_and_flips_and_no_colour():

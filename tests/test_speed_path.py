@@ -151,6 +151,17 @@ def test_augmentation_on_gpu_matches_cpu():
 
 
 @pytest.mark.cuda
+def test_compiled_augmentation_on_gpu_matches_the_per_group_operations_on_cpu():
+    """--compile's fused colour operations, compiled for the GPU, against the path without --compile, batch by
+    batch from the same seed (one compilation, then the same kernels on new draws)."""
+    clips = torch.randint(0, 256, (4, 5, 3, 240, 320), dtype=torch.uint8)
+    sizes = torch.tensor([[240, 320]] * 4)
+    compiled, eager = ClipAugment(PRETRAIN, 112, seed=0, compiled=True), ClipAugment(PRETRAIN, 112, seed=0)
+    for _ in range(3):
+        assert torch.allclose(compiled(clips.to(gpu()), sizes).cpu(), eager(clips, sizes), atol=1e-3)
+
+
+@pytest.mark.cuda
 def test_bf16_on_gpu_agrees_with_fp32():
     torch.manual_seed(1)
     clips = torch.randn(4, 5, 3, 128, 128, device=gpu())
@@ -200,7 +211,7 @@ def queue_gpu_sleep() -> torch.cuda.Event:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("stage", ["pretraining", "test ten-crop"])
+@pytest.mark.parametrize("stage", ["pretraining", "pretraining compiled", "test ten-crop"])
 def test_preparing_a_batch_returns_while_the_gpu_is_still_busy(stage):
     """Also the waits torch's sync debug mode does not see: the CUDA driver holds the host on a copy from
     pageable memory until the stream has run everything queued before it. With the GPU asleep behind a long
@@ -208,16 +219,17 @@ def test_preparing_a_batch_returns_while_the_gpu_is_still_busy(stage):
     return before it wakes."""
     clips = torch.randint(0, 256, (4, 5, 3, 240, 320), dtype=torch.uint8).pin_memory()
     sizes = torch.tensor([[240, 320]] * 4)
-    augment = ClipAugment(PRETRAIN, 64)
+    augment = ClipAugment(PRETRAIN, 64, compiled=stage == "pretraining compiled")
 
     def prepare() -> torch.Tensor:
         """Whether the batch is finite, as a tensor: the batch's own memory goes back to the cache on return."""
         on_gpu, gpu_sizes = clips_to_device(clips, sizes, gpu())
-        inputs = augment(on_gpu, gpu_sizes) if stage == "pretraining" else ten_crop(on_gpu, gpu_sizes, 64)
+        inputs = ten_crop(on_gpu, gpu_sizes, 64) if stage == "test ten-crop" else augment(on_gpu, gpu_sizes)
         return torch.isfinite(inputs).all()
 
     # The first round fills the pinned and device memory caches, as a run's first batches do (a new block may
-    # wait for the GPU); the second draws the same (reseeded), so it finds a cached block of every size it needs.
+    # wait for the GPU), and compiles; the second draws the same (reseeded), so it finds a cached block of every
+    # size it needs.
     for checked in (False, True):
         augment.reseed(0)
         awake = queue_gpu_sleep()
