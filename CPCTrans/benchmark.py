@@ -8,6 +8,7 @@ model step alone (augmented input already on the device), augmentation alone, lo
 (read, decode, collate and copy to the device), end to end, peak GPU memory of the end-to-end run.
 On a GPU every timing follows a warm-up and a synchronisation; model-step and augmentation numbers
 are medians of per-step times, loader and end-to-end numbers are throughput over all timed steps.
+--profile TRACE then records as many end-to-end steps with torch.profiler, every thread and the GPU.
 """
 import argparse
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 
 from CPCTrans.augment import PRETRAIN, ClipAugment
 from CPCTrans.cpc import CPCTrans
@@ -78,6 +80,17 @@ def throughput_seconds(batches, run, steps: int, warmup: int, device: torch.devi
     return (time.perf_counter() - started) / steps
 
 
+def profile_run(run, device: torch.device, trace: Path) -> None:
+    """Runs `run` under torch.profiler, every thread (batches are prepared in a background thread, prefetch.py)
+    and the GPU; writes a Chrome trace and prints the operations that held the host longest."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, experimental_config=_ExperimentalConfig(profile_all_threads=True)) as profiler:
+        run()
+    profiler.export_chrome_trace(str(trace))
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    print(f"wrote the profile's trace to {trace}")
+
+
 def endless(loader):
     while True:
         yield from loader
@@ -95,6 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frame_root", type=Path, default=None, help="existing frame folders to read")
     parser.add_argument("--videos", default=64, type=int, help="videos to write when no --frame_root")
     parser.add_argument("--frames", default=60, type=int, help="frames per written video")
+    parser.add_argument("--profile", type=Path, default=None, metavar="TRACE",
+                        help="then run --steps more end-to-end steps under torch.profiler: a Chrome trace of every "
+                             "thread (and the GPU) to TRACE, and a table of the operations that held the host longest")
     add_speed_flags(parser)
     return parser.parse_args(argv)
 
@@ -124,11 +140,15 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # As in training: batches copied and augmented --prefetch steps ahead, one pass over the loader.
-    with DeviceBatches(loader, augmenter, device, args.prefetch, augmenter.generator) as batches:
-        end_to_end_s = throughput_seconds(batches, lambda batch: train_step(step_model, optimizer, batch.inputs,
-                                                                            device, args.amp),
-                                          args.steps, args.warmup, device)
+    def end_to_end(warmup: int) -> float:
+        with DeviceBatches(loader, augmenter, device, args.prefetch, augmenter.generator) as batches:
+            return throughput_seconds(batches, lambda batch: train_step(step_model, optimizer, batch.inputs, device,
+                                                                        args.amp), args.steps, warmup, device)
+
+    end_to_end_s = end_to_end(args.warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    if args.profile:
+        profile_run(lambda: end_to_end(min(args.warmup, 1)), device, args.profile)
     per_second = {name: args.batch_size / seconds for name, seconds in
                   (("model_step", model_s), ("augment", augment_s), ("loader", loader_s), ("end_to_end", end_to_end_s))}
     return {

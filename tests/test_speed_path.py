@@ -74,14 +74,24 @@ def test_cpu_adam_gives_the_bits_of_torchs_default_per_tensor_adam():
 def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "CPCTrans" / "benchmark.py"), "--img_dim", "64",
                              "--batch_size", "2", "--steps", "2", "--warmup", "1", "--videos", "3", "--frames", "16",
-                             "--workers", "1", "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path)
+                             "--workers", "1", "--device", "cpu", "--prefetch", "2", "--profile", "trace.json"],
+                            capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["device"] == "cpu" and report["batch_size"] == 2
+    assert report["device"] == "cpu" and report["batch_size"] == 2 and report["prefetch"] == 2
     for key in ("model_step_clips_per_s", "loader_clips_per_s", "end_to_end_clips_per_s", "augment_clips_per_s"):
         assert report[key] > 0
     assert report["end_to_end_over_model_step"] > 0
     assert "| end to end |" in result.stdout
+    # The profile holds both threads: the step's convolutions in the main one, the crops of the batches prepared
+    # ahead in the other.
+    assert "Self CPU time total" in result.stdout
+    events = [event for event in json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+              if event.get("ph") == "X"]
+    threads = {kind: {event["tid"] for event in events if kind in event["name"]}
+               for kind in ("aten::convolution", "roi_align")}
+    assert threads["aten::convolution"] and threads["roi_align"]
+    assert threads["aten::convolution"].isdisjoint(threads["roi_align"])
 
 
 def test_benchmark_reads_existing_frame_folders(tmp_path):
