@@ -14,13 +14,19 @@ run folders do not name it, so pieces finished without it are reused.
 """
 import argparse
 import json
+import multiprocessing
+import os
 import statistics
 import sys
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
+
+import torch
 
 from CPCTrans import main as pretraining
 from CPCTrans.augment import COLOR_AUG_KINDS
@@ -189,23 +195,54 @@ class Runner:
             return cached(path, lambda: evaluation.retrieve(args), "probe_top1")
 
 
-def run_experiment(runner: Runner, attns: list[str], seeds: list[int]) -> dict:
-    """{(attn, init): {metric: [one value per seed]}}, init being 'random' or 'pretrained'."""
+def run_unit(runner: Runner, attn: str, seed: int) -> dict:
+    """One attention and seed: pretrain, then finetune, probe and retrieve from those weights and from random
+    ones -> {(attn, init): {metric: [value]}}, init being 'random' or 'pretrained'."""
     results = {}
-    for attn in attns:
-        for seed in seeds:
-            checkpoint = runner.pretrain(attn, seed)
-            for init, source in (("random", "random"), ("pretrained", str(checkpoint))):
-                row = results.setdefault((attn, init), {metric: [] for metric, _ in METRICS})
-                row["finetune"].append(runner.classify(source, attn, seed, "ft")["top1"])
-                row["linear probe"].append(runner.classify(source, attn, seed, "last")["top1"])
-                retrieved = runner.retrieve(source, attn, seed)
-                row["feature probe"].append(retrieved["probe_top1"])
-                row["retrieval"].append(retrieved["R@1"])
-            pretext = load(checkpoint).get("val_metrics", {})  # empty in checkpoints from before it was kept
-            for name, key, *_ in PRETEXT:
-                if key in pretext:
-                    results[(attn, "pretrained")].setdefault(name, []).append(pretext[key])
+    checkpoint = runner.pretrain(attn, seed)
+    for init, source in (("random", "random"), ("pretrained", str(checkpoint))):
+        row = results.setdefault((attn, init), {metric: [] for metric, _ in METRICS})
+        row["finetune"].append(runner.classify(source, attn, seed, "ft")["top1"])
+        row["linear probe"].append(runner.classify(source, attn, seed, "last")["top1"])
+        retrieved = runner.retrieve(source, attn, seed)
+        row["feature probe"].append(retrieved["probe_top1"])
+        row["retrieval"].append(retrieved["R@1"])
+    pretext = load(checkpoint).get("val_metrics", {})  # empty in checkpoints from before it was kept
+    for name, key, *_ in PRETEXT:
+        if key in pretext:
+            results[(attn, "pretrained")][name] = [pretext[key]]
+    return results
+
+
+def run_unit_in_process(runner: Runner, jobs: int, unit: tuple[str, int]) -> tuple[dict, dict]:
+    """run_unit in a process of its own, its console output in <logs>/<attn>_seed<S>.txt, its share of the CPU
+    threads; returns the results and the seconds its stages took."""
+    attn, seed = unit
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    runner.logs.mkdir(parents=True, exist_ok=True)
+    with open(runner.logs / f"{attn}_seed{seed}.txt", "w") as log, redirect_stdout(log), redirect_stderr(log):
+        return run_unit(runner, attn, seed), dict(runner.seconds)
+
+
+def run_experiment(runner: Runner, attns: list[str], seeds: list[int], jobs: int = 1) -> dict:
+    """{(attn, init): {metric: [one value per seed]}}, init being 'random' or 'pretrained'. With `jobs` > 1 the
+    attentions and seeds run side by side in that many processes (each on the same device)."""
+    units = [(attn, seed) for attn in attns for seed in seeds]
+    if jobs == 1:
+        outcomes = [run_unit(runner, attn, seed) for attn, seed in units]
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(partial(run_unit_in_process, runner, jobs), units))
+        outcomes = [unit_results for unit_results, _ in done]
+        for _, seconds in done:
+            for stage, value in seconds.items():
+                runner.seconds[stage] += value
+    results = {}
+    for unit_results in outcomes:
+        for key, row in unit_results.items():
+            merged = results.setdefault(key, {})
+            for name, values in row.items():
+                merged.setdefault(name, []).extend(values)
     return results
 
 
@@ -248,6 +285,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "reference, CPCTrans/main.py's default)")
     parser.add_argument("--pretrain_epochs", type=int, default=None,
                         help="pretrain this many epochs instead of the preset's (the plateau may need more)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="run the attentions and seeds side by side in this many processes (on a GPU they "
+                             "share the card); each one's console output goes to <out>/logs/<attn>_seed<S>.txt")
     add_compile_flag(parser)  # passed to pretraining, finetuning and retrieval
     return parser.parse_args(argv)
 
@@ -259,24 +299,28 @@ def main(argv=None) -> int:
         if args.pretrain_epochs < 1:
             sys.exit(f"error: --pretrain_epochs must be at least 1, got {args.pretrain_epochs}")
         preset = replace(preset, pretrain_epochs=args.pretrain_epochs)
+    if args.jobs < 1:
+        sys.exit(f"error: --jobs must be at least 1, got {args.jobs}")
     out = (args.out or REPO_ROOT / "experiment_output" / args.preset).resolve()
     started = time.perf_counter()
     csv_root = prepare_dataset(out / "data", preset)
     runner = Runner(preset, csv_root, out / "logs", args.pos_enc, args.color_aug, args.compile)
     try:
-        results = run_experiment(runner, args.attn, args.seeds)
+        results = run_experiment(runner, args.attn, args.seeds, args.jobs)
     except (DataError, CheckpointError, pretraining.TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {user_error(error)}")
     minutes = (time.perf_counter() - started) / 60
     stage_minutes = {stage: round(seconds / 60, 2) for stage, seconds in runner.seconds.items()}
     table = markdown_table(results, args.seeds)
+    summed = f", summed over {args.jobs} jobs" if args.jobs > 1 else ""
     summary = (f"preset {args.preset} ({asdict(preset)}), pos_enc {args.pos_enc}, color_aug {args.color_aug}, "
                f"{minutes:.1f} minutes (" + ", ".join(f"{stage} {value:.1f}" for stage, value in stage_minutes.items())
-               + ")")
+               + f"{summed})")
     (out / "results.md").write_text(f"{table}\n\n{summary}\n")
     (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(preset),
                                                   "pos_enc": args.pos_enc, "color_aug": args.color_aug,
-                                                  "minutes": minutes, "minutes_by_stage": stage_minutes,
+                                                  "minutes": minutes, "jobs": args.jobs,
+                                                  "minutes_by_stage": stage_minutes,
                                                   "results": [{"attn": attn, "init": init, **row}
                                                               for (attn, init), row in results.items()]},
                                                  indent=2) + "\n")

@@ -79,6 +79,19 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["pretrain_epochs"] == 2
 
+    # Seeds side by side in processes of their own: seed 0 found finished and reused as it is, seed 1 run anew;
+    # each process's console output in a file of its own.
+    assert experiment.main([*argv, "--seeds", "0", "1", "--jobs", "2"]) == 0
+    assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
+    both = json.loads((tmp_path / "results.json").read_text())
+    assert both["jobs"] == 2
+    assert [{key: value[:1] if isinstance(value, list) else value for key, value in row.items()}
+            for row in both["results"]] == report["results"]
+    assert all(len(value) == 2 for row in both["results"] for value in row.values() if isinstance(value, list))
+    assert len(list(tmp_path.glob("logs/pretrain/**/epoch1.pth.tar"))) == 3  # seed 0 twice (colours), seed 1
+    assert "pretraining on cpu" in (tmp_path / "logs" / "full_seed1.txt").read_text()
+    assert "pretraining on cpu" not in (tmp_path / "logs" / "full_seed0.txt").read_text()
+
 
 def test_compile_mode_reaches_every_training_stage(tmp_path):
     """--compile MODE is handed to pretraining, finetuning and retrieval, parsed by their own command lines."""
