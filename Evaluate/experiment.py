@@ -10,7 +10,8 @@ the same frozen features until it converges). Prints a markdown table of
 mean ± std over the seeds and writes it, with every run's numbers, to <out>/results.md and results.json.
 Everything goes through the same functions as the command lines; finished pieces are kept, so a rerun
 continues where an interrupted one stopped. --compile MODE goes to pretraining, finetuning and retrieval;
-run folders do not name it, so pieces finished without it are reused.
+run folders do not name it, so pieces finished without it are reused. --jobs N runs the attentions and seeds
+side by side in N processes.
 """
 import argparse
 import json
