@@ -84,7 +84,7 @@ def prepare_dataset(out: Path, preset: Preset) -> Path:
     if (csv_root / "test_split01.csv").is_file():
         return csv_root
     if not (out / "ucfTrainTestlist" / "testlist01.txt").is_file():
-        make_demo.make_demo(out, preset.groups, preset.clips, preset.frames, seed=0)
+        make_demo.make_demo(out, preset.groups, preset.clips, preset.frames, seed=0, workers=max(1, preset.workers))
     steps = (extract_frame.main(["--video_root", str(out / "videos"), "--frame_root", str(out / "frames"),
                                  "--workers", str(max(1, preset.workers))]),
              write_csv.main(["--dataset", "ucf101", "--frame_root", str(out / "frames"), "--split_root",

@@ -8,7 +8,10 @@ with official-format split lists in <out>/ucfTrainTestlist/ (CRLF, like the rele
 tests on the k-th third of the groups. Deterministic for a given --seed.
 """
 import argparse
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -36,8 +39,21 @@ def textured_canvas(rng: np.random.Generator, height: int, width: int) -> np.nda
     return canvas
 
 
-def camera_video(rng: np.random.Generator, motion: tuple[int, int, int], frames: int) -> list[np.ndarray]:
-    """A camera moving over a random canvas: a pan of 2-5 px per frame or a zoom of 1-2% per frame."""
+@dataclass
+class Camera:
+    """Every random choice of one video."""
+
+    canvas: np.ndarray
+    dx: int
+    dy: int
+    zoom: int
+    speed: float  # pan, pixels per frame
+    rate: float  # zoom, log-scale per frame
+    largest_scale: float
+
+
+def draw_camera(rng: np.random.Generator, motion: tuple[int, int, int], frames: int) -> Camera:
+    """A pan of 2-5 px per frame or a zoom of 1-2% per frame, over a random canvas large enough for it."""
     dx, dy, zoom = motion
     if dx:
         dx = rng.choice([-1, 1])
@@ -47,20 +63,31 @@ def camera_video(rng: np.random.Generator, motion: tuple[int, int, int], frames:
     largest_scale = float(np.exp(abs(rate) * (frames - 1))) if zoom else rng.uniform(1.0, 2.0)
     travel = speed * (frames - 1) * (abs(dx) + abs(dy))
     canvas_w, canvas_h = int(WIDTH * largest_scale + travel) + 4, int(HEIGHT * largest_scale + travel) + 4
-    canvas = textured_canvas(rng, canvas_h, canvas_w)
+    return Camera(textured_canvas(rng, canvas_h, canvas_w), dx, dy, zoom, speed, rate, largest_scale)
+
+
+def film(camera: Camera, frames: int) -> list[np.ndarray]:
+    canvas_h, canvas_w = camera.canvas.shape[:2]
     out = []
     for t in range(frames):
         progress = t - (frames - 1) / 2
-        center_x = canvas_w / 2 + dx * speed * progress
-        center_y = canvas_h / 2 + dy * speed * progress
-        if zoom:
+        center_x = canvas_w / 2 + camera.dx * camera.speed * progress
+        center_y = canvas_h / 2 + camera.dy * camera.speed * progress
+        if camera.zoom:
+            rate = camera.rate
             scale = float(np.exp(rate * t)) if rate > 0 else float(np.exp(-rate * (frames - 1 - t)))
         else:
-            scale = largest_scale
+            scale = camera.largest_scale
         # Maps each output pixel to its canvas position: a crop, a scale and a sub-pixel shift at once.
         to_canvas = np.array([[scale, 0, center_x - scale * WIDTH / 2], [0, scale, center_y - scale * HEIGHT / 2]])
-        out.append(cv2.warpAffine(canvas, to_canvas, (WIDTH, HEIGHT), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))
+        out.append(cv2.warpAffine(camera.canvas, to_canvas, (WIDTH, HEIGHT),
+                                  flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))
     return out
+
+
+def camera_video(rng: np.random.Generator, motion: tuple[int, int, int], frames: int) -> list[np.ndarray]:
+    """A camera moving over a random canvas: the frames of draw_camera's choices."""
+    return film(draw_camera(rng, motion, frames), frames)
 
 
 def write_avi(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:
@@ -90,17 +117,32 @@ def write_lists(list_dir: Path, names: list[str], videos: list[tuple[str, int, s
         (list_dir / f"testlist{split:02d}.txt").write_bytes("".join(test_lines).encode())
 
 
-def make_demo(out: Path, groups: int, clips: int, frames: int, seed: int) -> None:
+def write_video(path: Path, motion: tuple[int, int, int], frames: int, rng_state: dict) -> None:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = rng_state
+    write_avi(path, camera_video(rng, motion, frames))
+
+
+def make_demo(out: Path, groups: int, clips: int, frames: int, seed: int, workers: int = 1) -> None:
+    """The videos and split lists; the same files whatever `workers` (processes rendering and encoding videos)."""
     rng = np.random.default_rng(seed)
     names = sorted(CLASSES)
-    videos = []
+    videos, jobs = [], []
     for class_name in names:
         (out / "videos" / class_name).mkdir(parents=True, exist_ok=True)
         for group in range(1, groups + 1):
             for clip in range(1, clips + 1):
                 file_name = f"v_{class_name}_g{group:02d}_c{clip:02d}.avi"
-                write_avi(out / "videos" / class_name / file_name, camera_video(rng, CLASSES[class_name], frames))
+                jobs.append((out / "videos" / class_name / file_name, CLASSES[class_name], frames,
+                             rng.bit_generator.state))
+                draw_camera(rng, CLASSES[class_name], frames)  # its draws, so the next video starts after them
                 videos.append((class_name, group, file_name))
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(write_video, *zip(*jobs), chunksize=8))
+    else:
+        for job in jobs:
+            write_video(*job)
     write_lists(out / "ucfTrainTestlist", names, videos, groups)
 
 
@@ -111,6 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clips", default=3, type=int, help="clips per group (cNN)")
     parser.add_argument("--frames", default=40, type=int, help="frames per video")
     parser.add_argument("--seed", default=0, type=int)
+    parser.add_argument("--workers", default=1, type=int, help="processes rendering and encoding videos (same files)")
     return parser.parse_args(argv)
 
 
@@ -118,7 +161,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.groups < 3:
         sys.exit("error: --groups must be at least 3 (one third of the groups is tested per split)")
-    make_demo(args.out, args.groups, args.clips, args.frames, args.seed)
+    if args.workers < 1:
+        sys.exit(f"error: --workers must be at least 1, got {args.workers}")
+    make_demo(args.out, args.groups, args.clips, args.frames, args.seed, args.workers)
     print(f"wrote {len(CLASSES) * args.groups * args.clips} videos and split lists to {args.out}")
     return 0
 
