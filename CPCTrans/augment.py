@@ -258,9 +258,8 @@ def _per_frame(chosen: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> to
     return torch.where(chosen.view(-1, 1, 1, 1), new, old)
 
 
-def fused_colour(frames: torch.Tensor, packed: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 jitter: bool) -> torch.Tensor:
-    """Flip, grayscale, colour jitter and normalisation of cropped frames (F, 3, S, S), with the parameters of
+def fused_colour(frames: torch.Tensor, packed: torch.Tensor, jitter: bool) -> torch.Tensor:
+    """Flip, grayscale and colour jitter of cropped frames (F, 3, S, S), with the parameters of
     pack_colour_params: every frame goes through every operation at every position and keeps the result its
     parameters choose. The formulas are apply_params' own, but no shape depends on the draws, so torch.compile
     fuses the lot into a few kernels where apply_params launches some hundred (four times the arithmetic)."""
@@ -275,7 +274,7 @@ def fused_colour(frames: torch.Tensor, packed: torch.Tensor, mean: torch.Tensor,
                 chosen = jitter_on & (order[:, position] == index)
                 jittered = _per_frame(chosen, op(frames, factors[:, index].view(-1, 1, 1, 1)), jittered)
             frames = jittered
-    return (frames - mean) / std
+    return frames
 
 
 def pack_colour_params(params: AugmentParams, steps: int) -> torch.Tensor:
@@ -294,10 +293,8 @@ def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recip
     batch, steps = clips.shape[:2]
     frames = crop_resize(unit_frames(clips), params.boxes, steps, img_dim)
     if colour is not None:
-        frames = colour(frames, to_device(pack_colour_params(params, steps), frames.device),
-                        channel_constant(IMAGENET_MEAN, frames.device), channel_constant(IMAGENET_STD, frames.device),
-                        recipe.jitter is not None)
-        return frames.view(batch, steps, 3, img_dim, img_dim)
+        frames = colour(frames, to_device(pack_colour_params(params, steps), frames.device), recipe.jitter is not None)
+        return normalize(frames).view(batch, steps, 3, img_dim, img_dim)
     flip = params.flip.repeat_interleave(steps)
     if flip.any():
         index = _device_index(flip, frames.device)

@@ -83,10 +83,11 @@ def prepare_dataset(out: Path, preset: Preset) -> Path:
     csv_root = out / "csv"
     if (csv_root / "test_split01.csv").is_file():
         return csv_root
+    workers = max(1, preset.workers)
     if not (out / "ucfTrainTestlist" / "testlist01.txt").is_file():
-        make_demo.make_demo(out, preset.groups, preset.clips, preset.frames, seed=0, workers=max(1, preset.workers))
+        make_demo.make_demo(out, preset.groups, preset.clips, preset.frames, seed=0, workers=workers)
     steps = (extract_frame.main(["--video_root", str(out / "videos"), "--frame_root", str(out / "frames"),
-                                 "--workers", str(max(1, preset.workers))]),
+                                 "--workers", str(workers)]),
              write_csv.main(["--dataset", "ucf101", "--frame_root", str(out / "frames"), "--split_root",
                              str(out / "ucfTrainTestlist"), "--csv_root", str(csv_root), "--strict"]))
     if any(steps):
@@ -202,7 +203,7 @@ def run_unit(runner: Runner, attn: str, seed: int) -> dict:
     results = {}
     checkpoint = runner.pretrain(attn, seed)
     for init, source in (("random", "random"), ("pretrained", str(checkpoint))):
-        row = results.setdefault((attn, init), {metric: [] for metric, _ in METRICS})
+        row = results[(attn, init)] = {metric: [] for metric, _ in METRICS}
         row["finetune"].append(runner.classify(source, attn, seed, "ft")["top1"])
         row["linear probe"].append(runner.classify(source, attn, seed, "last")["top1"])
         retrieved = runner.retrieve(source, attn, seed)

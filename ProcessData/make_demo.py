@@ -128,22 +128,21 @@ def make_demo(out: Path, groups: int, clips: int, frames: int, seed: int, worker
     """The videos and split lists; the same files whatever `workers` (processes rendering and encoding videos)."""
     rng = np.random.default_rng(seed)
     names = sorted(CLASSES)
-    videos, jobs = [], []
+    videos = [(class_name, group, f"v_{class_name}_g{group:02d}_c{clip:02d}.avi")
+              for class_name in names for group in range(1, groups + 1) for clip in range(1, clips + 1)]
     for class_name in names:
         (out / "videos" / class_name).mkdir(parents=True, exist_ok=True)
-        for group in range(1, groups + 1):
-            for clip in range(1, clips + 1):
-                file_name = f"v_{class_name}_g{group:02d}_c{clip:02d}.avi"
-                jobs.append((out / "videos" / class_name / file_name, CLASSES[class_name], frames,
-                             rng.bit_generator.state))
-                draw_camera(rng, CLASSES[class_name], frames)  # its draws, so the next video starts after them
-                videos.append((class_name, group, file_name))
-    if workers > 1:
+    paths = [(out / "videos" / class_name / file_name, CLASSES[class_name]) for class_name, _, file_name in videos]
+    if workers == 1:
+        for path, motion in paths:
+            write_avi(path, camera_video(rng, motion, frames))
+    else:
+        jobs = []
+        for path, motion in paths:
+            jobs.append((path, motion, frames, rng.bit_generator.state))
+            draw_camera(rng, motion, frames)  # its draws, so the next video starts after them
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(write_video, *zip(*jobs), chunksize=8))
-    else:
-        for job in jobs:
-            write_video(*job)
     write_lists(out / "ucfTrainTestlist", names, videos, groups)
 
 
