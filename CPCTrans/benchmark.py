@@ -115,6 +115,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def print_table(result: dict) -> None:
+    print(f"device {result['device']}: batch {result['batch_size']}, {result['img_dim']}px, "
+          f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, decode={result['decode']}, "
+          f"{result['workers']} workers, prefetch {result['prefetch']}")
+    print("| what | clips/s |\n|---|---|")
+    for name in ("model_step", "augment", "loader", "end_to_end"):
+        print(f"| {name.replace('_', ' ')} | {result[f'{name}_clips_per_s']:.1f} |")
+    print(f"end to end / model step: {result['end_to_end_over_model_step']:.2f}; "
+          f"peak GPU memory: {result['peak_gpu_memory_gib']} GiB")
+
+
 def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     device = resolve_speed_flags(args)
     model = CPCTrans(num_seq=args.num_seq, pred_step=args.pred_step)
@@ -147,11 +158,9 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
 
     end_to_end_s = end_to_end(args.warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    if args.profile:
-        profile_run(lambda: end_to_end(min(args.warmup, 1)), device, args.profile)
     per_second = {name: args.batch_size / seconds for name, seconds in
                   (("model_step", model_s), ("augment", augment_s), ("loader", loader_s), ("end_to_end", end_to_end_s))}
-    return {
+    result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "img_dim": args.img_dim, "batch_size": args.batch_size, "num_seq": args.num_seq, "pred_step": args.pred_step,
         "amp": args.amp, "compile": args.compile, "decode": args.decode, "workers": args.workers,
@@ -160,17 +169,12 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
         "peak_gpu_memory_gib": None if peak is None else round(peak, 3),
         "end_to_end_over_model_step": round(per_second["end_to_end"] / per_second["model_step"], 3),
     }
-
-
-def print_table(result: dict) -> None:
-    print(f"device {result['device']}: batch {result['batch_size']}, {result['img_dim']}px, "
-          f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, decode={result['decode']}, "
-          f"{result['workers']} workers, prefetch {result['prefetch']}")
-    print("| what | clips/s |\n|---|---|")
-    for name in ("model_step", "augment", "loader", "end_to_end"):
-        print(f"| {name.replace('_', ' ')} | {result[f'{name}_clips_per_s']:.1f} |")
-    print(f"end to end / model step: {result['end_to_end_over_model_step']:.2f}; "
-          f"peak GPU memory: {result['peak_gpu_memory_gib']} GiB")
+    # Printed before the profile, so that a failing profiler does not take the numbers with it.
+    print_table(result)
+    print(json.dumps(result))
+    if args.profile:
+        profile_run(lambda: end_to_end(min(args.warmup, 1)), device, args.profile)
+    return result
 
 
 def main(argv=None) -> dict:
@@ -182,10 +186,7 @@ def main(argv=None) -> dict:
                 raise SystemExit(f"error: {args.frame_root}: no image_00001.jpg below it; give extracted frames")
         else:
             records = write_frame_folders(Path(scratch), args.videos, args.frames)
-        result = benchmark(args, records)
-    print_table(result)
-    print(json.dumps(result))
-    return result
+        return benchmark(args, records)
 
 
 if __name__ == "__main__":

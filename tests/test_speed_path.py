@@ -77,15 +77,18 @@ def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
                              "--workers", "1", "--device", "cpu", "--prefetch", "2", "--profile", "trace.json"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    json_lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(json_lines) == 1
+    report = json.loads(json_lines[0])
     assert report["device"] == "cpu" and report["batch_size"] == 2 and report["prefetch"] == 2
     for key in ("model_step_clips_per_s", "loader_clips_per_s", "end_to_end_clips_per_s", "augment_clips_per_s"):
         assert report[key] > 0
     assert report["end_to_end_over_model_step"] > 0
     assert "| end to end |" in result.stdout
+    # The numbers are printed before the profile, which cannot take them with it when it fails.
+    assert result.stdout.index(json_lines[0]) < result.stdout.index("Self CPU time total")
     # The profile holds both threads: the step's convolutions in the main one, the crops of the batches prepared
     # ahead in the other.
-    assert "Self CPU time total" in result.stdout
     events = [event for event in json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
               if event.get("ph") == "X"]
     threads = {kind: {event["tid"] for event in events if kind in event["name"]}
