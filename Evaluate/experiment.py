@@ -1,7 +1,7 @@
 """Pretrained vs random initialisation on the demo dataset: the reference's comparison table in miniature.
 
     python Evaluate/experiment.py --preset cpu      # 2 CPU cores, under 30 minutes
-    python Evaluate/experiment.py --preset gpu      # one H100/H200: 2-3 minutes per seed and attention (H200)
+    python Evaluate/experiment.py --preset gpu      # one H100/H200: 2 minutes a seed and attention (H200), 3 at a time
 
 For every --attn and seed: pretrain with CPCTrans/main.py, then, from those weights and from a random
 initialisation, finetune (--train_what ft) and linearly probe (--train_what last) with Evaluate/test.py,
@@ -11,7 +11,7 @@ mean ± std over the seeds and writes it, with every run's numbers, to <out>/res
 Everything goes through the same functions as the command lines; finished pieces are kept, so a rerun
 continues where an interrupted one stopped. --compile MODE goes to pretraining, finetuning and retrieval;
 run folders do not name it, so pieces finished without it are reused. --jobs N runs the attentions and seeds
-side by side in N processes.
+side by side in N processes (the gpu preset: 3 unless told otherwise).
 """
 import argparse
 import json
@@ -21,10 +21,9 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,20 +51,23 @@ class Preset:
     pretrain_epochs: int
     finetune_epochs: int
     probe_epochs: int
+    jobs: int  # attentions and seeds run side by side unless --jobs says otherwise
 
 
 PRESETS = {
     # 90 videos (60 train / 30 test), 60 pretraining steps per run: 2 cores, under 30 minutes for 3 seeds x 2.
     "cpu": Preset(groups=9, clips=2, frames=30, img_dim=64, batch_size=16, workers=0, device="cpu",
-                  pretrain_epochs=20, finetune_epochs=10, probe_epochs=10),
+                  pretrain_epochs=20, finetune_epochs=10, probe_epochs=10, jobs=1),
     # 1,200 videos (800 train / 400 test) at 128 px, 1,500 pretraining steps per run. Measured on an H200 (full
     # attention, seeds 0 and 1): with per-clip colour the pretext leaves its 1/3 plateau and the linear probe
     # gains 17-31 points; with the reference's per-frame colour it stays there and finetuning loses 33 (README).
+    # One seed and attention alone took 2.0 minutes, so the six of the default run three at a time: the step is
+    # bound by the host, which has cores to spare (two side by side took 3.0 minutes each; three not measured).
     "gpu": Preset(groups=30, clips=8, frames=40, img_dim=128, batch_size=32, workers=12, device="cuda",
-                  pretrain_epochs=60, finetune_epochs=10, probe_epochs=10),
+                  pretrain_epochs=60, finetune_epochs=10, probe_epochs=10, jobs=3),
     # The machinery end to end in about a minute per seed on a CPU; its numbers mean nothing.
     "smoke": Preset(groups=3, clips=1, frames=16, img_dim=32, batch_size=4, workers=0, device="cpu",
-                    pretrain_epochs=1, finetune_epochs=1, probe_epochs=1),
+                    pretrain_epochs=1, finetune_epochs=1, probe_epochs=1, jobs=1),
 }
 CLIP = ["--num_seq", "5", "--pred_step", "3", "--ds", "3"]
 METRICS = (("finetune", "top1"), ("linear probe", "top1"), ("feature probe", "top1"), ("retrieval", "R@1"))
@@ -226,19 +228,44 @@ def run_unit_in_process(runner: Runner, jobs: int, unit: tuple[str, int]) -> tup
         return run_unit(runner, attn, seed), dict(runner.seconds)
 
 
+def run_side_by_side(runner: Runner, units: list[tuple[str, int]], jobs: int) -> list[dict]:
+    """run_unit for every (attn, seed) in `jobs` spawned processes, each on the same device; their results in the
+    units' order, the seconds of their stages added to the runner's. Says when each unit is done."""
+    print(f"{len(units)} runs, {jobs} at a time, each in a process of its own; their console output goes to "
+          f"{runner.logs}/<attn>_seed<S>.txt", flush=True)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_unit_in_process, runner, jobs, unit): unit for unit in units}
+        try:
+            for future in as_completed(futures):
+                attn, seed = futures[future]
+                future.result()
+                print(f"{attn} seed {seed} done after {(time.perf_counter() - started) / 60:.1f} minutes", flush=True)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the runs under way finish, and a rerun reuses them
+            raise
+    outcomes = []
+    for future in futures:  # in the units' order
+        unit_results, seconds = future.result()
+        outcomes.append(unit_results)
+        for stage, value in seconds.items():
+            runner.seconds[stage] += value
+    return outcomes
+
+
+def side_by_side_jobs(requested: int | None, preset: Preset, units: int) -> int:
+    """Processes to run `units` attentions and seeds in: --jobs if given, else the preset's; no more than units."""
+    return min(preset.jobs if requested is None else requested, units)
+
+
 def run_experiment(runner: Runner, attns: list[str], seeds: list[int], jobs: int = 1) -> dict:
     """{(attn, init): {metric: [one value per seed]}}, init being 'random' or 'pretrained'. With `jobs` > 1 the
-    attentions and seeds run side by side in that many processes (each on the same device)."""
+    attentions and seeds run side by side in that many processes (run_side_by_side)."""
     units = [(attn, seed) for attn in attns for seed in seeds]
     if jobs == 1:
         outcomes = [run_unit(runner, attn, seed) for attn, seed in units]
     else:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = list(pool.map(partial(run_unit_in_process, runner, jobs), units))
-        outcomes = [unit_results for unit_results, _ in done]
-        for _, seconds in done:
-            for stage, value in seconds.items():
-                runner.seconds[stage] += value
+        outcomes = run_side_by_side(runner, units, jobs)
     results = {}
     for unit_results in outcomes:
         for key, row in unit_results.items():
@@ -287,9 +314,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "reference, CPCTrans/main.py's default)")
     parser.add_argument("--pretrain_epochs", type=int, default=None,
                         help="pretrain this many epochs instead of the preset's (the plateau may need more)")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=int, default=None,
                         help="run the attentions and seeds side by side in this many processes (on a GPU they "
-                             "share the card); each one's console output goes to <out>/logs/<attn>_seed<S>.txt")
+                             "share the card); each one's console output goes to <out>/logs/<attn>_seed<S>.txt "
+                             "(default: the preset's, 3 for gpu, 1 for the others)")
     add_compile_flag(parser)  # passed to pretraining, finetuning and retrieval
     return parser.parse_args(argv)
 
@@ -301,27 +329,28 @@ def main(argv=None) -> int:
         if args.pretrain_epochs < 1:
             sys.exit(f"error: --pretrain_epochs must be at least 1, got {args.pretrain_epochs}")
         preset = replace(preset, pretrain_epochs=args.pretrain_epochs)
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         sys.exit(f"error: --jobs must be at least 1, got {args.jobs}")
+    jobs = side_by_side_jobs(args.jobs, preset, len(args.attn) * len(args.seeds))
     out = (args.out or REPO_ROOT / "experiment_output" / args.preset).resolve()
     started = time.perf_counter()
     csv_root = prepare_dataset(out / "data", preset)
     runner = Runner(preset, csv_root, out / "logs", args.pos_enc, args.color_aug, args.compile)
     try:
-        results = run_experiment(runner, args.attn, args.seeds, args.jobs)
+        results = run_experiment(runner, args.attn, args.seeds, jobs)
     except (DataError, CheckpointError, pretraining.TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {user_error(error)}")
     minutes = (time.perf_counter() - started) / 60
     stage_minutes = {stage: round(seconds / 60, 2) for stage, seconds in runner.seconds.items()}
     table = markdown_table(results, args.seeds)
-    summed = f", summed over {args.jobs} jobs" if args.jobs > 1 else ""
+    summed = f", summed over {jobs} jobs" if jobs > 1 else ""
     summary = (f"preset {args.preset} ({asdict(preset)}), pos_enc {args.pos_enc}, color_aug {args.color_aug}, "
                f"{minutes:.1f} minutes (" + ", ".join(f"{stage} {value:.1f}" for stage, value in stage_minutes.items())
                + f"{summed})")
     (out / "results.md").write_text(f"{table}\n\n{summary}\n")
     (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(preset),
                                                   "pos_enc": args.pos_enc, "color_aug": args.color_aug,
-                                                  "minutes": minutes, "jobs": args.jobs,
+                                                  "minutes": minutes, "jobs": jobs,
                                                   "minutes_by_stage": stage_minutes,
                                                   "results": [{"attn": attn, "init": init, **row}
                                                               for (attn, init), row in results.items()]},

@@ -1,5 +1,6 @@
 """The pretrained-vs-random experiment: its table, and the whole chain on the smoke preset."""
 import json
+import re
 
 import torch
 
@@ -22,10 +23,22 @@ def test_table_gives_mean_and_sample_std_in_percent_per_row():
                         "| 11.0 ± 1.4 | 0.97 ± 0.03 |")
 
 
-def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_path):
+def test_side_by_side_jobs_come_from_the_preset_unless_given_and_never_outnumber_the_runs():
+    gpu, cpu = experiment.PRESETS["gpu"], experiment.PRESETS["cpu"]
+    assert experiment.parse_args(["--preset", "gpu"]).jobs is None
+    assert experiment.side_by_side_jobs(None, gpu, units=6) == 3  # the default 3 seeds x 2 attentions
+    assert experiment.side_by_side_jobs(None, gpu, units=2) == 2
+    assert experiment.side_by_side_jobs(None, gpu, units=1) == 1  # one run stays in the experiment's process
+    assert experiment.side_by_side_jobs(None, cpu, units=6) == 1  # two cores: one run at a time
+    assert experiment.side_by_side_jobs(2, cpu, units=6) == 2
+    assert experiment.side_by_side_jobs(1, gpu, units=6) == 1
+
+
+def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_path, capsys):
     argv = ["--preset", "smoke", "--seeds", "0", "--attn", "full", "--out", str(tmp_path)]
     assert experiment.main(argv) == 0
     report = json.loads((tmp_path / "results.json").read_text())
+    assert report["jobs"] == 1
     rows = {(row["attn"], row["init"]): row for row in report["results"]}
     assert set(rows) == {("full", "random"), ("full", "pretrained")}
     for row in rows.values():
@@ -80,8 +93,15 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["pretrain_epochs"] == 2
 
     # Seeds side by side in processes of their own: seed 0 found finished and reused as it is, seed 1 run anew;
-    # each process's console output in a file of its own.
+    # each process's console output in a file of its own, and the experiment's says when each is done.
+    capsys.readouterr()
     assert experiment.main([*argv, "--seeds", "0", "1", "--jobs", "2"]) == 0
+    console = capsys.readouterr().out
+    assert f"2 runs, 2 at a time, each in a process of its own; their console output goes to {tmp_path / 'logs'}" \
+        in console
+    assert re.search(r"^full seed 0 done after \d+\.\d minutes$", console, re.MULTILINE)
+    assert re.search(r"^full seed 1 done after \d+\.\d minutes$", console, re.MULTILINE)
+    assert "pretraining on cpu" not in console
     assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
     both = json.loads((tmp_path / "results.json").read_text())
     assert both["jobs"] == 2
