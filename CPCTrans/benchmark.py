@@ -15,11 +15,13 @@ import json
 import statistics
 import tempfile
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 
 from CPCTrans.augment import PRETRAIN, ClipAugment
@@ -80,14 +82,52 @@ def throughput_seconds(batches, run, steps: int, warmup: int, device: torch.devi
     return (time.perf_counter() - started) / steps
 
 
-def profile_run(run, device: torch.device, trace: Path) -> None:
-    """Runs `run` under torch.profiler, every thread (batches are prepared in a background thread, prefetch.py)
-    and the GPU; writes a Chrome trace and prints the operations that held the host longest."""
+def union_ms(intervals: list[tuple[float, float]]) -> float:
+    """Length in ms of the union of (start, end) intervals given in microseconds."""
+    total, reached = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reached:
+            total += end - max(start, reached)
+            reached = end
+    return total / 1000
+
+
+def where_time_went(events, steps: int, wall_ms: float) -> str:
+    """One line from a profile's events, per step: wall time; for each host thread the time inside torch
+    operations and the operation that took most of it; the time inside the loader's next() (waiting for a batch
+    and taking it over); the time the GPU was busy. Between operations a thread runs Python, holding the
+    interpreter lock, which the profile does not see: threads whose times add up to the wall time took turns."""
+    host, longest, loader, gpu = defaultdict(list), defaultdict(Counter), [], []
+    for event in events:
+        interval = (event.time_range.start, event.time_range.end)
+        if event.device_type == DeviceType.CUDA:
+            gpu.append(interval)
+        elif event.is_user_annotation:  # a span around operations, or the loader's next()
+            if event.name.startswith("enumerate(DataLoader)"):
+                loader.append(interval)
+        else:
+            host[event.thread].append(interval)
+            if event.cpu_parent is None or event.cpu_parent.is_user_annotation:
+                longest[event.thread][event.name] += event.time_range.elapsed_us()
+    threads = ", ".join(f"thread {thread} {union_ms(intervals) / steps:.2f} ms (most in "
+                        f"{longest[thread].most_common(1)[0][0]})" for thread, intervals in sorted(host.items()))
+    line = (f"per step, over the {steps} profiled steps: wall {wall_ms / steps:.2f} ms; inside torch operations: "
+            f"{threads}; inside the loader's next() {union_ms(loader) / steps:.2f} ms")
+    return line + (f"; GPU busy {union_ms(gpu) / steps:.2f} ms" if gpu else "")
+
+
+def profile_run(run, steps: int, device: torch.device, trace: Path) -> None:
+    """Runs `run`, `steps` training steps, under torch.profiler, every thread (batches are prepared in a background
+    thread, prefetch.py) and the GPU; writes a Chrome trace, prints the operations that held the host longest and
+    where each step's time went (where_time_went)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, experimental_config=_ExperimentalConfig(profile_all_threads=True)) as profiler:
+        started = time.perf_counter()
         run()
+        wall_ms = (time.perf_counter() - started) * 1000
     profiler.export_chrome_trace(str(trace))
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    print(where_time_went(profiler.events(), steps, wall_ms))
     print(f"wrote the profile's trace to {trace}")
 
 
@@ -173,7 +213,8 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     print_table(result)
     print(json.dumps(result))
     if args.profile:
-        profile_run(lambda: end_to_end(min(args.warmup, 1)), device, args.profile)
+        warmup = min(args.warmup, 1)
+        profile_run(lambda: end_to_end(warmup), warmup + args.steps, device, args.profile)
     return result
 
 

@@ -1,6 +1,7 @@
 """The fast path is the same method: bf16 agrees with fp32, both learn, the benchmark runs, GPU pieces match CPU."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,14 +88,30 @@ def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     assert "| end to end |" in result.stdout
     # The numbers are printed before the profile, which cannot take them with it when it fails.
     assert result.stdout.index(json_lines[0]) < result.stdout.index("Self CPU time total")
-    # The profile holds both threads: the step's convolutions in the main one, the crops of the batches prepared
-    # ahead in the other.
+    # Where each step's time went, per thread: the step's convolutions in one, the crops of the batches prepared
+    # ahead in another, neither longer than the step.
+    summary = re.search(r"^per step, over the 3 profiled steps: wall (\S+) ms; inside torch operations: (.*); inside "
+                        r"the loader's next\(\) (\S+) ms$", result.stdout, re.MULTILINE)
+    assert summary, result.stdout
+    threads = re.findall(r"thread \d+ (\S+) ms \(most in ([^)]*)\)", summary.group(2))
+    wall = float(summary.group(1))
+    assert all(0 < float(busy) <= wall for busy, _ in threads) and 0 <= float(summary.group(3)) <= wall
+    labels = [label for _, label in threads]
+    assert any("Convolution" in label or "conv" in label for label in labels), labels
+    assert "torchvision::roi_align" in labels
+    # The trace holds both threads too.
     events = [event for event in json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
               if event.get("ph") == "X"]
     threads = {kind: {event["tid"] for event in events if kind in event["name"]}
                for kind in ("aten::convolution", "roi_align")}
     assert threads["aten::convolution"] and threads["roi_align"]
     assert threads["aten::convolution"].isdisjoint(threads["roi_align"])
+
+
+def test_busy_time_counts_overlapping_operations_once():
+    # (start, end) in microseconds: an operation inside another, one overlapping it, one apart -> ms
+    assert benchmark.union_ms([(0, 1000), (200, 300), (500, 1500), (3000, 4000)]) == 2.5
+    assert benchmark.union_ms([]) == 0
 
 
 def test_benchmark_reads_existing_frame_folders(tmp_path):
