@@ -332,6 +332,8 @@ def main(argv=None) -> int:
     if args.jobs is not None and args.jobs < 1:
         sys.exit(f"error: --jobs must be at least 1, got {args.jobs}")
     jobs = side_by_side_jobs(args.jobs, preset, len(args.attn) * len(args.seeds))
+    if preset.device == "cuda" and not torch.cuda.is_available():  # before minutes of making the videos
+        sys.exit(f"error: --preset {args.preset} needs a CUDA device and none is visible; --preset cpu runs on the CPU")
     out = (args.out or REPO_ROOT / "experiment_output" / args.preset).resolve()
     started = time.perf_counter()
     csv_root = prepare_dataset(out / "data", preset)

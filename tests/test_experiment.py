@@ -2,6 +2,7 @@
 import json
 import re
 
+import pytest
 import torch
 
 from Evaluate import experiment
@@ -32,6 +33,15 @@ def test_side_by_side_jobs_come_from_the_preset_unless_given_and_never_outnumber
     assert experiment.side_by_side_jobs(None, cpu, units=6) == 1  # two cores: one run at a time
     assert experiment.side_by_side_jobs(2, cpu, units=6) == 2
     assert experiment.side_by_side_jobs(1, gpu, units=6) == 1
+
+
+def test_gpu_preset_without_a_gpu_stops_in_one_line_before_making_any_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stopped:
+        experiment.main(["--preset", "gpu", "--out", str(tmp_path / "out")])
+    assert str(stopped.value) == ("error: --preset gpu needs a CUDA device and none is visible; --preset cpu runs on "
+                                  "the CPU")
+    assert not (tmp_path / "out").exists()
 
 
 def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_path, capsys):
