@@ -93,10 +93,10 @@ def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     summary = re.search(r"^per step, over the 3 profiled steps: wall (\S+) ms; inside torch operations: (.*); inside "
                         r"the loader's next\(\) (\S+) ms$", result.stdout, re.MULTILINE)
     assert summary, result.stdout
-    threads = re.findall(r"thread \d+ (\S+) ms \(most in ([^)]*)\)", summary.group(2))
+    busy_threads = re.findall(r"thread \d+ (\S+) ms \(most in ([^)]*)\)", summary.group(2))
     wall = float(summary.group(1))
-    assert all(0 < float(busy) <= wall for busy, _ in threads) and 0 <= float(summary.group(3)) <= wall
-    labels = [label for _, label in threads]
+    assert all(0 < float(busy) <= wall for busy, _ in busy_threads) and 0 <= float(summary.group(3)) <= wall
+    labels = [label for _, label in busy_threads]
     assert any("Convolution" in label or "conv" in label for label in labels), labels
     assert "torchvision::roi_align" in labels
     # The trace holds both threads too.
