@@ -1,7 +1,7 @@
 """Pretrained vs random initialisation on the demo dataset: the reference's comparison table in miniature.
 
     python Evaluate/experiment.py --preset cpu      # 2 CPU cores, under 30 minutes
-    python Evaluate/experiment.py --preset gpu      # one H100/H200: 2 minutes a seed and attention (H200), 3 at a time
+    python Evaluate/experiment.py --preset gpu      # one H100/H200: 2 minutes a seed and attention (H200), 2 at a time
 
 For every --attn and seed: pretrain with CPCTrans/main.py, then, from those weights and from a random
 initialisation, finetune (--train_what ft) and linearly probe (--train_what last) with Evaluate/test.py,
@@ -11,7 +11,7 @@ mean ± std over the seeds and writes it, with every run's numbers, to <out>/res
 Everything goes through the same functions as the command lines; finished pieces are kept, so a rerun
 continues where an interrupted one stopped. --compile MODE goes to pretraining, finetuning and retrieval;
 run folders do not name it, so pieces finished without it are reused. --jobs N runs the attentions and seeds
-side by side in N processes (the gpu preset: 3 unless told otherwise).
+side by side in N processes (the gpu preset: 2 unless told otherwise).
 """
 import argparse
 import json
@@ -61,10 +61,12 @@ PRESETS = {
     # 1,200 videos (800 train / 400 test) at 128 px, 1,500 pretraining steps per run. Measured on an H200 (full
     # attention, seeds 0 and 1): with per-clip colour the pretext leaves its 1/3 plateau and the linear probe
     # gains 17-31 points; with the reference's per-frame colour it stays there and finetuning loses 33 (README).
-    # One seed and attention alone took 2.0 minutes, so the six of the default run three at a time: the step is
-    # bound by the host, which has cores to spare (two side by side took 3.0 minutes each; three not measured).
+    # Two at a time (H200, 16 cores): one seed and attention alone took 2.0 minutes, two side by side 3.0 each;
+    # three side by side, each with its 12 loader workers, were still on their first runs when the command was
+    # stopped 9.4 minutes in, data included (pretrained, random weights finetuned and probed; about 80% of a run's
+    # time alone): slower than one at a time.
     "gpu": Preset(groups=30, clips=8, frames=40, img_dim=128, batch_size=32, workers=12, device="cuda",
-                  pretrain_epochs=60, finetune_epochs=10, probe_epochs=10, jobs=3),
+                  pretrain_epochs=60, finetune_epochs=10, probe_epochs=10, jobs=2),
     # The machinery end to end in about a minute per seed on a CPU; its numbers mean nothing.
     "smoke": Preset(groups=3, clips=1, frames=16, img_dim=32, batch_size=4, workers=0, device="cpu",
                     pretrain_epochs=1, finetune_epochs=1, probe_epochs=1, jobs=1),
@@ -317,7 +319,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=None,
                         help="run the attentions and seeds side by side in this many processes (on a GPU they "
                              "share the card); each one's console output goes to <out>/logs/<attn>_seed<S>.txt "
-                             "(default: the preset's, 3 for gpu, 1 for the others)")
+                             "(default: the preset's, 2 for gpu, 1 for the others)")
     add_compile_flag(parser)  # passed to pretraining, finetuning and retrieval
     return parser.parse_args(argv)
 

@@ -27,8 +27,8 @@ def test_table_gives_mean_and_sample_std_in_percent_per_row():
 def test_side_by_side_jobs_come_from_the_preset_unless_given_and_never_outnumber_the_runs():
     gpu, cpu = experiment.PRESETS["gpu"], experiment.PRESETS["cpu"]
     assert experiment.parse_args(["--preset", "gpu"]).jobs is None
-    assert experiment.side_by_side_jobs(None, gpu, units=6) == 3  # the default 3 seeds x 2 attentions
-    assert experiment.side_by_side_jobs(None, gpu, units=2) == 2
+    assert experiment.side_by_side_jobs(None, gpu, units=6) == 2  # the default 3 seeds x 2 attentions
+    assert experiment.side_by_side_jobs(4, cpu, units=3) == 3
     assert experiment.side_by_side_jobs(None, gpu, units=1) == 1  # one run stays in the experiment's process
     assert experiment.side_by_side_jobs(None, cpu, units=6) == 1  # two cores: one run at a time
     assert experiment.side_by_side_jobs(2, cpu, units=6) == 2
