@@ -150,7 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", default=60, type=int, help="frames per written video")
     parser.add_argument("--profile", type=Path, default=None, metavar="TRACE",
                         help="then run --steps more end-to-end steps under torch.profiler: a Chrome trace of every "
-                             "thread (and the GPU) to TRACE, and a table of the operations that held the host longest")
+                             "thread (and the GPU) to TRACE, gzip-compressed if it ends in .gz, and a table of the "
+                             "operations that held the host longest")
     add_speed_flags(parser)
     return parser.parse_args(argv)
 

@@ -134,17 +134,22 @@ class Runner:
         self.pos_enc = pos_enc
         self.color_aug = color_aug
         self.seconds = defaultdict(float)  # wall time per kind of stage: where a preset's budget goes
+        self.progress = None  # given a line as each stage ends; runs side by side set it (run_unit_in_process)
         self.common = ["--csv_root", str(csv_root), "--dataset", "demo", "--img_dim", str(preset.img_dim),
                        "--batch_size", str(preset.batch_size), "--workers", str(preset.workers), "--device",
                        preset.device, *CLIP, *(["--compile", compile_mode] if compile_mode else [])]
 
     @contextmanager
-    def timed(self, stage: str):
+    def timed(self, stage: str, init: str | None = None):
         started = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[stage] += time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            self.seconds[stage] += seconds
+        if self.progress:
+            weights = "" if init is None else " from random weights" if init == "random" else " from the pretraining"
+            self.progress(f"{stage}{weights} took {seconds / 60:.1f} minutes")
 
     def pretrain(self, attn: str, seed: int) -> Path:
         # Validating and saving never change training (--val_freq, --save_freq): four of each per pretraining keep
@@ -188,7 +193,7 @@ class Runner:
             evaluation.test(evaluation.parse_args(["--test", str(last_checkpoint(model_dir, epochs)), "--csv_root",
                                                    str(self.csv_root), "--workers", str(self.preset.workers),
                                                    "--device", self.preset.device]))
-        with self.timed("finetuning and test" if train_what == "ft" else "linear probe and test"):
+        with self.timed("finetuning and test" if train_what == "ft" else "linear probe and test", init):
             return cached(checkpoint.with_name(checkpoint.name + ".test.json"), finetune_and_test, "top1")
 
     def retrieve(self, init: str, attn: str, seed: int) -> dict:
@@ -197,7 +202,7 @@ class Runner:
                                       "--prefix", "retrieval", "--log_root", str(self.logs / "retrieval")])
         path = (Path(init).with_name(Path(init).name + ".retrieval.json") if init != "random" else
                 evaluation.random_retrieval_path(args, attn, self.pos_enc))
-        with self.timed("retrieval"):
+        with self.timed("retrieval", init):
             return cached(path, lambda: evaluation.retrieve(args), "probe_top1")
 
 
@@ -221,11 +226,13 @@ def run_unit(runner: Runner, attn: str, seed: int) -> dict:
 
 
 def run_unit_in_process(runner: Runner, jobs: int, unit: tuple[str, int]) -> tuple[dict, dict]:
-    """run_unit in a process of its own, its console output in <logs>/<attn>_seed<S>.txt, its share of the CPU
-    threads; returns the results and the seconds its stages took."""
+    """run_unit in a process of its own, its console output in <logs>/<attn>_seed<S>.txt but for one line per
+    finished stage, its share of the CPU threads; returns the results and the seconds its stages took."""
     attn, seed = unit
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
     runner.logs.mkdir(parents=True, exist_ok=True)
+    console = sys.stdout
+    runner.progress = lambda line: print(f"{attn} seed {seed}: {line}", file=console, flush=True)
     with open(runner.logs / f"{attn}_seed{seed}.txt", "w") as log, redirect_stdout(log), redirect_stderr(log):
         return run_unit(runner, attn, seed), dict(runner.seconds)
 

@@ -44,7 +44,7 @@ def test_gpu_preset_without_a_gpu_stops_in_one_line_before_making_any_data(tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_path, capsys):
+def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_path, capfd):
     argv = ["--preset", "smoke", "--seeds", "0", "--attn", "full", "--out", str(tmp_path)]
     assert experiment.main(argv) == 0
     report = json.loads((tmp_path / "results.json").read_text())
@@ -103,14 +103,20 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["pretrain_epochs"] == 2
 
     # Seeds side by side in processes of their own: seed 0 found finished and reused as it is, seed 1 run anew;
-    # each process's console output in a file of its own, and the experiment's says when each is done.
-    capsys.readouterr()
+    # each process's console output in a file of its own but for a line per finished stage, and the experiment's
+    # says when each is done.
+    capfd.readouterr()
     assert experiment.main([*argv, "--seeds", "0", "1", "--jobs", "2"]) == 0
-    console = capsys.readouterr().out
+    console = capfd.readouterr().out
     assert f"2 runs, 2 at a time, each in a process of its own; their console output goes to {tmp_path / 'logs'}" \
         in console
     assert re.search(r"^full seed 0 done after \d+\.\d minutes$", console, re.MULTILINE)
     assert re.search(r"^full seed 1 done after \d+\.\d minutes$", console, re.MULTILINE)
+    for seed in (0, 1):
+        stages = re.findall(rf"^full seed {seed}: (.+) took \d+\.\d minutes$", console, re.MULTILINE)
+        assert stages == ["pretraining", *(f"{stage} from {weights}"
+                                           for weights in ("random weights", "the pretraining")
+                                           for stage in ("finetuning and test", "linear probe and test", "retrieval"))]
     assert "pretraining on cpu" not in console
     assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
     both = json.loads((tmp_path / "results.json").read_text())

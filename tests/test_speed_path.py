@@ -1,4 +1,5 @@
 """The fast path is the same method: bf16 agrees with fp32, both learn, the benchmark runs, GPU pieces match CPU."""
+import gzip
 import json
 import math
 import re
@@ -75,7 +76,7 @@ def test_cpu_adam_gives_the_bits_of_torchs_default_per_tensor_adam():
 def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "CPCTrans" / "benchmark.py"), "--img_dim", "64",
                              "--batch_size", "2", "--steps", "2", "--warmup", "1", "--videos", "3", "--frames", "16",
-                             "--workers", "1", "--device", "cpu", "--prefetch", "2", "--profile", "trace.json"],
+                             "--workers", "1", "--device", "cpu", "--prefetch", "2", "--profile", "trace.json.gz"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     json_lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
@@ -99,8 +100,10 @@ def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     labels = [label for _, label in busy_threads]
     assert any("Convolution" in label or "conv" in label for label in labels), labels
     assert "torchvision::roi_align" in labels
-    # The trace holds both threads too.
-    events = [event for event in json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    # The trace holds both threads too; named .gz, it is written compressed (a GPU run's is over 16 MB plain).
+    with gzip.open(tmp_path / "trace.json.gz", "rt") as trace:
+        trace_events = json.load(trace)["traceEvents"]
+    events = [event for event in trace_events
               if event.get("ph") == "X"]
     threads = {kind: {event["tid"] for event in events if kind in event["name"]}
                for kind in ("aten::convolution", "roi_align")}
