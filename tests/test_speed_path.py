@@ -103,8 +103,7 @@ def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     # The trace holds both threads too; named .gz, it is written compressed (a GPU run's is over 16 MB plain).
     with gzip.open(tmp_path / "trace.json.gz", "rt") as trace:
         trace_events = json.load(trace)["traceEvents"]
-    events = [event for event in trace_events
-              if event.get("ph") == "X"]
+    events = [event for event in trace_events if event.get("ph") == "X"]
     threads = {kind: {event["tid"] for event in events if kind in event["name"]}
                for kind in ("aten::convolution", "roi_align")}
     assert threads["aten::convolution"] and threads["roi_align"]
