@@ -158,8 +158,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def print_table(result: dict) -> None:
     print(f"device {result['device']}: batch {result['batch_size']}, {result['img_dim']}px, "
-          f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, decode={result['decode']}, "
-          f"{result['workers']} workers, prefetch {result['prefetch']}")
+          f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, "
+          f"cudnn_benchmark={result['cudnn_benchmark']}, decode={result['decode']}, {result['workers']} workers, "
+          f"prefetch {result['prefetch']}")
     print("| what | clips/s |\n|---|---|")
     for name in ("model_step", "augment", "loader", "end_to_end"):
         print(f"| {name.replace('_', ' ')} | {result[f'{name}_clips_per_s']:.1f} |")
@@ -204,8 +205,8 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "img_dim": args.img_dim, "batch_size": args.batch_size, "num_seq": args.num_seq, "pred_step": args.pred_step,
-        "amp": args.amp, "compile": args.compile, "decode": args.decode, "workers": args.workers,
-        "prefetch": args.prefetch,
+        "amp": args.amp, "compile": args.compile, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "decode": args.decode, "workers": args.workers, "prefetch": args.prefetch,
         **{f"{name}_clips_per_s": round(value, 1) for name, value in per_second.items()},
         "peak_gpu_memory_gib": None if peak is None else round(peak, 3),
         "end_to_end_over_model_step": round(per_second["end_to_end"] / per_second["model_step"], 3),

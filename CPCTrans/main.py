@@ -23,7 +23,7 @@ from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, best_after, check_img_dim,
                               csv_root, prepare_model, resolve_speed_flags, run_folder, save_epoch, saved_as, saves,
-                              split_csv, stage_writers, user_error, validates)
+                              speed_summary, split_csv, stage_writers, user_error, validates)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -207,8 +207,7 @@ def train(args: argparse.Namespace) -> Path:
     augmenters = {stage: ClipAugment(recipe, args.img_dim, compiled=args.compile is not None)
                   for stage in ("train", "val")}
     bad_samples = BadSamples(args.max_bad_samples)
-    print(f"pretraining on {device} (amp={args.amp}, decode={args.decode}, compile={args.compile or 'off'}); "
-          f"logs and checkpoints in {run_dir}")
+    print(f"pretraining on {device} ({speed_summary(args)}); logs and checkpoints in {run_dir}")
 
     val_metrics = {}
     with stage_writers(run_dir) as writers, GracefulStop() as stop:

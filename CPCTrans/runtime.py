@@ -151,6 +151,10 @@ def add_speed_flags(parser) -> None:
     parser.add_argument("--prefetch", default=None, type=int,
                         help="batches copied and augmented ahead in a background thread (default: 2 on CUDA, "
                              "0 on the CPU, where the step and the thread would share the same cores)")
+    parser.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=False,
+                        help="let cuDNN time its algorithms for each new input shape and keep the fastest, as DPC's "
+                             "scripts always do; each new shape (a last smaller batch too) costs some seconds of "
+                             "timing (CUDA only; off by default until measured, see README)")
 
 
 MIN_IMG_DIM = 32  # the trunk downsamples by 32: anything smaller has no feature map left to predict
@@ -162,7 +166,8 @@ def check_img_dim(parser: argparse.ArgumentParser, img_dim: int | None) -> None:
 
 
 def resolve_speed_flags(args) -> torch.device:
-    """Fills --amp and --prefetch for the chosen device and checks --decode; returns the device."""
+    """Fills --amp and --prefetch for the chosen device, checks --decode and sets cuDNN's autotuning; returns the
+    device."""
     device = select_device(args.device, args.gpu)
     if args.amp is None:
         args.amp = device.type == "cuda"
@@ -170,7 +175,15 @@ def resolve_speed_flags(args) -> torch.device:
         args.prefetch = 2 if device.type == "cuda" else 0
     if args.decode == "gpu" and device.type != "cuda":
         raise SystemExit("--decode gpu needs a CUDA device; use --decode cpu")
+    # Process-wide in torch: set by every run, so that runs in one process (the experiment's) take their own flag.
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark and device.type == "cuda"
     return device
+
+
+def speed_summary(args) -> str:
+    """The speed flags a run resolved to, for its first line."""
+    return (f"amp={args.amp}, decode={args.decode}, compile={args.compile or 'off'}, "
+            f"cudnn_benchmark={torch.backends.cudnn.benchmark}")
 
 
 def adam(params, device: torch.device, lr: float, weight_decay: float) -> torch.optim.Adam:

@@ -267,6 +267,14 @@ def side_by_side_jobs(requested: int | None, preset: Preset, units: int) -> int:
     return min(preset.jobs if requested is None else requested, units)
 
 
+def share_of_workers(preset: Preset, jobs: int) -> Preset:
+    """The preset each of `jobs` runs side by side takes: its share of the loader workers, as of the CPU threads, at
+    least one (none where the preset loads in the main process). The preset's count is for one run alone on the
+    machine (three runs of 12 each on 16 cores waited 14-16 s for a loader's first batch, README). Which clips a
+    run sees comes from its seed, not from how many workers load them."""
+    return replace(preset, workers=max(1, preset.workers // jobs) if preset.workers else 0)
+
+
 def run_experiment(runner: Runner, attns: list[str], seeds: list[int], jobs: int = 1) -> dict:
     """{(attn, init): {metric: [one value per seed]}}, init being 'random' or 'pretrained'. With `jobs` > 1 the
     attentions and seeds run side by side in that many processes (run_side_by_side)."""
@@ -346,7 +354,7 @@ def main(argv=None) -> int:
     out = (args.out or REPO_ROOT / "experiment_output" / args.preset).resolve()
     started = time.perf_counter()
     csv_root = prepare_dataset(out / "data", preset)
-    runner = Runner(preset, csv_root, out / "logs", args.pos_enc, args.color_aug, args.compile)
+    runner = Runner(share_of_workers(preset, jobs), csv_root, out / "logs", args.pos_enc, args.color_aug, args.compile)
     try:
         results = run_experiment(runner, args.attn, args.seeds, jobs)
     except (DataError, CheckpointError, pretraining.TrainingDiverged, ValueError) as error:
@@ -355,11 +363,11 @@ def main(argv=None) -> int:
     stage_minutes = {stage: round(seconds / 60, 2) for stage, seconds in runner.seconds.items()}
     table = markdown_table(results, args.seeds)
     summed = f", summed over {jobs} jobs" if jobs > 1 else ""
-    summary = (f"preset {args.preset} ({asdict(preset)}), pos_enc {args.pos_enc}, color_aug {args.color_aug}, "
+    summary = (f"preset {args.preset} ({asdict(runner.preset)}), pos_enc {args.pos_enc}, color_aug {args.color_aug}, "
                f"{minutes:.1f} minutes (" + ", ".join(f"{stage} {value:.1f}" for stage, value in stage_minutes.items())
                + f"{summed})")
     (out / "results.md").write_text(f"{table}\n\n{summary}\n")
-    (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(preset),
+    (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(runner.preset),
                                                   "pos_enc": args.pos_enc, "color_aug": args.color_aug,
                                                   "minutes": minutes, "jobs": jobs,
                                                   "minutes_by_stage": stage_minutes,

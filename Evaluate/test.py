@@ -27,7 +27,7 @@ from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume
                              save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, best_after, check_img_dim,
                               csv_root, prepare_model, resolve_speed_flags, run_folder, save_epoch, saved_as, saves,
-                              split_csv, stage_writers, user_error, validates)
+                              speed_summary, split_csv, stage_writers, user_error, validates)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 from Evaluate.feature_probe import feature_probe_top1
@@ -226,8 +226,7 @@ def finetune(args: argparse.Namespace) -> Path:
     augmenters = {"train": ClipAugment(train_recipe, args.img_dim, compiled=compiled),
                   "val": ClipAugment(val_recipe, args.img_dim, compiled=compiled)}
     bad_samples = BadSamples(args.max_bad_samples)
-    print(f"finetuning ({args.train_what}) on {device} (amp={args.amp}, decode={args.decode}, "
-          f"compile={args.compile or 'off'}); logs and checkpoints in {run_dir}")
+    print(f"finetuning ({args.train_what}) on {device} ({speed_summary(args)}); logs and checkpoints in {run_dir}")
     with stage_writers(run_dir) as writers, GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):
             skip = start_step if epoch == args.start_epoch else 0

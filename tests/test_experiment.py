@@ -1,6 +1,7 @@
 """The pretrained-vs-random experiment: its table, and the whole chain on the smoke preset."""
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -33,6 +34,14 @@ def test_side_by_side_jobs_come_from_the_preset_unless_given_and_never_outnumber
     assert experiment.side_by_side_jobs(None, cpu, units=6) == 1  # two cores: one run at a time
     assert experiment.side_by_side_jobs(2, cpu, units=6) == 2
     assert experiment.side_by_side_jobs(1, gpu, units=6) == 1
+
+
+def test_runs_side_by_side_share_the_presets_loader_workers():
+    gpu, cpu = experiment.PRESETS["gpu"], experiment.PRESETS["cpu"]
+    assert experiment.share_of_workers(gpu, 1) == gpu
+    assert experiment.share_of_workers(gpu, 2) == replace(gpu, workers=gpu.workers // 2)
+    assert experiment.share_of_workers(gpu, 3 * gpu.workers).workers == 1
+    assert experiment.share_of_workers(cpu, 2).workers == 0  # loading in the main process stays there
 
 
 def test_gpu_preset_without_a_gpu_stops_in_one_line_before_making_any_data(tmp_path, monkeypatch):

@@ -15,8 +15,8 @@ from CPCTrans import benchmark
 from CPCTrans.augment import PRETRAIN, ClipAugment, apply_params, sample_params, ten_crop
 from CPCTrans.cpc import CPCTrans, PretextMetrics
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, collate_clips, read_index
-from CPCTrans.main import pretext_loss, train_step
-from CPCTrans.runtime import adam, prepare_model
+from CPCTrans.main import parse_args, pretext_loss, train_step
+from CPCTrans.runtime import adam, prepare_model, resolve_speed_flags
 
 REPO = Path(__file__).resolve().parents[1]
 BF16_TOLERANCE = 0.02  # relative difference of the initial loss, bf16 autocast vs fp32
@@ -76,13 +76,15 @@ def test_cpu_adam_gives_the_bits_of_torchs_default_per_tensor_adam():
 def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "CPCTrans" / "benchmark.py"), "--img_dim", "64",
                              "--batch_size", "2", "--steps", "2", "--warmup", "1", "--videos", "3", "--frames", "16",
-                             "--workers", "1", "--device", "cpu", "--prefetch", "2", "--profile", "trace.json.gz"],
+                             "--workers", "1", "--device", "cpu", "--prefetch", "2", "--profile", "trace.json.gz",
+                             "--cudnn_benchmark"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     json_lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(json_lines) == 1
     report = json.loads(json_lines[0])
     assert report["device"] == "cpu" and report["batch_size"] == 2 and report["prefetch"] == 2
+    assert report["cudnn_benchmark"] is False  # asked for, but the CPU has no cuDNN to tune
     for key in ("model_step_clips_per_s", "loader_clips_per_s", "end_to_end_clips_per_s", "augment_clips_per_s"):
         assert report[key] > 0
     assert report["end_to_end_over_model_step"] > 0
@@ -108,6 +110,14 @@ def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
                for kind in ("aten::convolution", "roi_align")}
     assert threads["aten::convolution"] and threads["roi_align"]
     assert threads["aten::convolution"].isdisjoint(threads["roi_align"])
+
+
+def test_each_run_sets_cudnn_autotuning_for_itself():
+    """Runs in one process (the experiment's stages) each take their own --cudnn_benchmark; on the CPU, which has
+    no cuDNN to tune, it stays off even when asked for after a CUDA run turned it on."""
+    torch.backends.cudnn.benchmark = True  # as a CUDA run with --cudnn_benchmark leaves it
+    resolve_speed_flags(parse_args(["--device", "cpu", "--cudnn_benchmark"]))
+    assert torch.backends.cudnn.benchmark is False
 
 
 def test_busy_time_counts_overlapping_operations_once():
@@ -319,9 +329,10 @@ def test_pretraining_and_test_run_on_cuda(demo_dataset, tmp_path):
     common = ["--csv_root", demo_dataset / "csv", "--dataset", "demo", "--img_dim", "128", "--batch_size", "4",
               "--workers", "2", "--device", "cuda", "--decode", "gpu"]
     pretrain = subprocess.run([sys.executable, str(REPO / "CPCTrans" / "main.py"), *map(str, common), "--epochs", "1",
-                               "--log_root", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+                               "--cudnn_benchmark", "--log_root", str(tmp_path)],
+                              capture_output=True, text=True, cwd=tmp_path)
     assert pretrain.returncode == 0, pretrain.stderr
-    assert "decode=gpu" in pretrain.stdout and "amp=True" in pretrain.stdout
+    assert all(setting in pretrain.stdout for setting in ("decode=gpu", "amp=True", "cudnn_benchmark=True"))
     checkpoint = next(tmp_path.glob("log_tmp/*/model/epoch1.pth.tar"))
     state = torch.load(checkpoint, weights_only=True, map_location="cpu")
     assert all(value.device.type == "cpu" for value in state["state_dict"].values())
@@ -329,6 +340,7 @@ def test_pretraining_and_test_run_on_cuda(demo_dataset, tmp_path):
                                "--pretrain", str(checkpoint), "--log_root", str(tmp_path / "ft")],
                               capture_output=True, text=True, cwd=tmp_path)
     assert finetune.returncode == 0, finetune.stderr
+    assert "cudnn_benchmark=False" in finetune.stdout
     finetuned = next((tmp_path / "ft").glob("log_tmp/*/model/epoch1.pth.tar"))
     tested = subprocess.run([sys.executable, str(REPO / "Evaluate" / "test.py"), "--test", str(finetuned),
                              "--csv_root", str(demo_dataset / "csv"), "--device", "cuda"],
