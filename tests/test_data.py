@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from CPCTrans.data import (BadSamples, ClipDataset, DataError, EpochSampler, VideoRecord, clip_indices,
-                           clip_start_range, collate_clips, make_loader, read_class_names, read_index, window_starts)
+from CPCTrans.data import (BadSamples, ClipDataset, DataError, EpochSampler, ReusedSharedBatches, VideoRecord,
+                           clip_indices, clip_start_range, collate_clips, make_loader, read_class_names, read_index,
+                           window_starts)
 
 
 def write_frames(folder, count, height=24, width=32):
@@ -88,6 +89,73 @@ def test_collate_pads_frames_of_different_sizes_and_reports_sizes():
 
 def collated_in_shared_memory(batch) -> bool:
     return collate_clips(batch)[0].is_shared()
+
+
+def two_frame_sizes(tmp_path, windows=True):
+    """Clips of two videos whose frames (painted 1, 2, ...) differ in size: 24x32 and 30x40."""
+    return ClipDataset([VideoRecord(write_frames(tmp_path / "small", 30), 30, 0),
+                        VideoRecord(write_frames(tmp_path / "large", 30, height=30, width=40), 30, 1)],
+                       num_seq=5, ds=3, windows=windows)
+
+
+def assert_same_batches(first, second):
+    for one, other in zip(first, second, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(one[:4], other[:4])) and one[4] == other[4]
+
+
+def test_reused_shared_batches_take_turns_and_equal_fresh_batches(tmp_path):
+    """A worker writes its batches into `buffers` shared-memory batches in turn; the pixels an earlier batch left
+    in a reused one never show through a later batch's padding."""
+    dataset = two_frame_sizes(tmp_path)
+    small, large = [dataset[i] for i in (0, 2)]
+    # Large frames everywhere first, so that small clips are later padded inside memory that held large ones.
+    batches = [[large, large], [large, large], [small, large], [large, small], [small, small], [small, large]]
+    collate = ReusedSharedBatches(buffers=2)
+    kept = []  # so that no batch's memory is freed and its address taken again
+    for batch in batches:
+        reused = collate(batch)
+        assert reused[0].is_shared() and reused[0].movedim(2, -1).is_contiguous()
+        assert_same_batches([reused], [collate_clips(batch)])
+        kept.append(reused[0])
+    addresses = [clips.data_ptr() for clips in kept]
+    assert addresses[:4] == addresses[:2] * 2
+    assert len(set(addresses)) == 3  # the small-only batch takes a smaller one in its turn
+
+
+def test_a_loader_with_reused_shared_batches_gives_the_batches_of_fresh_ones(tmp_path):
+    """Two workers, each reusing its batches many times over; the batches are copied as they arrive, as pinning
+    them does on CUDA (make_loader reuses batches only there)."""
+    dataset = two_frame_sizes(tmp_path, windows=False)
+    dataset.items = dataset.items * 40  # 80 clips from random starts: 40 batches, 20 per worker (6 buffers each)
+
+    def loader(**options):
+        return torch.utils.data.DataLoader(dataset, batch_size=2, sampler=EpochSampler(len(dataset), True, 3),
+                                           **options)
+    fresh = list(loader(collate_fn=collate_clips))
+    copied = [(batch[0].clone(), *batch[1:])
+              for batch in loader(num_workers=2, prefetch_factor=4, collate_fn=ReusedSharedBatches(buffers=6))]
+    assert_same_batches(fresh, copied)
+    assert len({clips.sum().item() for clips, *_ in fresh}) > 20  # starts and frame sizes differ batch to batch
+    # Only where batches are pinned (copied) as they arrive: CUDA.
+    assert make_loader(dataset, 2, 2, train=True, device=torch.device("cpu")).collate_fn is collate_clips
+
+
+@pytest.mark.cuda
+def test_a_pinned_loader_reuses_its_shared_batches_and_gives_the_cpu_loaders_batches(tmp_path):
+    dataset = two_frame_sizes(tmp_path, windows=False)
+    dataset.items = dataset.items * 40
+
+    def two_epochs(device):
+        loader = make_loader(dataset, 2, workers=2, train=True, device=torch.device(device), seed=3)
+        assert isinstance(loader.collate_fn, ReusedSharedBatches) == (device == "cuda")
+        batches = []
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)
+            for batch in loader:
+                assert batch[0].is_pinned() == (device == "cuda")
+                batches.append((batch[0].clone(), *batch[1:]))
+        return batches
+    assert_same_batches(two_epochs("cpu"), two_epochs("cuda"))
 
 
 def test_a_worker_builds_its_batch_in_shared_memory(tmp_path):
