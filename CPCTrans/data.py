@@ -198,8 +198,9 @@ def stack_padded(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
     return default_collate(padded).movedim(-1, -3), sizes
 
 
-def collate_clips(batch):
-    """-> clips (B, N, 3, H, W) uint8 and sizes (B, 2), labels, video indices, the problems of replaced clips.
+def collate_clips(batch, stack=stack_padded):
+    """-> clips (B, N, 3, H, W) uint8 and sizes (B, 2), labels, video indices, the problems of replaced clips;
+    `stack` pads and stacks the decoded clips (stack_padded, or ReusedSharedBatches.stack).
 
     Encoded clips collate to (all JPEG bytes, lengths (B, N)) and sizes None: two tensors per batch,
     however many frames, so worker-to-main transfers stay cheap.
@@ -210,7 +211,7 @@ def collate_clips(batch):
         data = torch.cat([clip[0] for clip in clips])
         lengths = torch.stack([clip[1] for clip in clips])
         return (data, lengths), None, torch.tensor(labels), torch.tensor(videos), problems
-    stacked, sizes = stack_padded(list(clips))
+    stacked, sizes = stack(list(clips))
     return stacked, sizes, torch.tensor(labels), torch.tensor(videos), problems
 
 
@@ -239,8 +240,8 @@ class ReusedSharedBatches:
             self.batches[index] = torch.empty(shape, dtype=torch.uint8).share_memory_()
         return self.batches[index]
 
-    def __call__(self, batch):
-        clips, labels, videos, problems = zip(*batch)
+    def stack(self, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """stack_padded into the next of the worker's batches."""
         sizes, height, width = frame_sizes(clips)
         stacked = self._next_batch((len(clips), clips[0].shape[0], height, width, clips[0].shape[1]))
         for target, clip in zip(stacked, clips):
@@ -248,8 +249,10 @@ class ReusedSharedBatches:
             if frames.shape[1:3] != (height, width):
                 target.zero_()  # the padding, which holds an earlier batch's pixels
             target[:, :frames.shape[1], :frames.shape[2]].copy_(frames)
-        problems = [problem for clip_problems in problems for problem in clip_problems]
-        return stacked.movedim(-1, -3), sizes, torch.tensor(labels), torch.tensor(videos), problems
+        return stacked.movedim(-1, -3), sizes
+
+    def __call__(self, batch):
+        return collate_clips(batch, self.stack)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
