@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 from CPCTrans.augment import PRETRAIN, ClipAugment
 from CPCTrans.cpc import CPCTrans
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, make_loader
-from CPCTrans.main import train_step
+from CPCTrans.main import add_score_products_flag, train_step
 from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.runtime import adam, add_speed_flags, prepare_model, resolve_speed_flags
 from ProcessData.make_demo import CLASSES, camera_video
@@ -153,14 +153,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "thread (and the GPU) to TRACE, gzip-compressed if it ends in .gz, and a table of the "
                              "operations that held the host longest")
     add_speed_flags(parser)
+    add_score_products_flag(parser)
     return parser.parse_args(argv)
 
 
 def print_table(result: dict) -> None:
     print(f"device {result['device']}: batch {result['batch_size']}, {result['img_dim']}px, "
           f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, "
-          f"cudnn_benchmark={result['cudnn_benchmark']}, decode={result['decode']}, {result['workers']} workers, "
-          f"prefetch {result['prefetch']}")
+          f"cudnn_benchmark={result['cudnn_benchmark']}, score_products={result['score_products']}, "
+          f"decode={result['decode']}, {result['workers']} workers, prefetch {result['prefetch']}")
     print("| what | clips/s |\n|---|---|")
     for name in ("model_step", "augment", "loader", "end_to_end"):
         print(f"| {name.replace('_', ' ')} | {result[f'{name}_clips_per_s']:.1f} |")
@@ -185,7 +186,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
                         device=device).movedim(-1, 2)
     sizes = torch.tensor([[240, 320]] * args.batch_size)
     inputs = augmenter(raw, sizes)
-    model_s = median_seconds(lambda: train_step(step_model, optimizer, inputs, device, args.amp),
+    model_s = median_seconds(lambda: train_step(step_model, optimizer, inputs, device, args.amp, args.score_products),
                              args.steps, args.warmup, device)
     augment_s = median_seconds(lambda: augmenter(raw, sizes), args.steps, args.warmup, device)
     loader_s = throughput_seconds(endless(loader), lambda batch: clips_to_device(batch[0], batch[1], device),
@@ -196,7 +197,8 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     def end_to_end(warmup: int) -> float:
         with DeviceBatches(loader, augmenter, device, args.prefetch, augmenter.generator) as batches:
             return throughput_seconds(batches, lambda batch: train_step(step_model, optimizer, batch.inputs, device,
-                                                                        args.amp), args.steps, warmup, device)
+                                                                        args.amp, args.score_products),
+                                      args.steps, warmup, device)
 
     end_to_end_s = end_to_end(args.warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
@@ -206,6 +208,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "img_dim": args.img_dim, "batch_size": args.batch_size, "num_seq": args.num_seq, "pred_step": args.pred_step,
         "amp": args.amp, "compile": args.compile, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "score_products": args.score_products,
         "decode": args.decode, "workers": args.workers, "prefetch": args.prefetch,
         **{f"{name}_clips_per_s": round(value, 1) for name, value in per_second.items()},
         "peak_gpu_memory_gib": None if peak is None else round(peak, 3),

@@ -45,18 +45,76 @@ class CPCTrans(nn.Module):
         return torch.stack(predictions, dim=1), targets
 
 
-def dense_scores(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+SCORE_PRODUCTS = ("fp32", "bf16-split")
+BF16_PARTS = 3  # bf16 values, 8 significant bits each, that hold an fp32 value's 24
+
+
+def dense_scores(predictions: torch.Tensor, targets: torch.Tensor, products: str = "fp32") -> torch.Tensor:
     """Every predicted vector against every target vector: a (B*P*h*w) x (B*P*h*w) matrix.
 
     Rows and columns are ordered (video, step, position); the positive of row i is column i.
-    Computed in fp32 even under bf16 autocast, as the reference computes it: once the targets barely change
-    over time, a positive and its temporal negatives differ by less than bf16's resolution at their size.
+    Computed at fp32's accuracy even under bf16 autocast, as the reference computes it: once the targets barely
+    change over time, a positive and its temporal negatives differ by less than bf16's resolution at their size.
+    products "fp32" multiplies in fp32, "bf16-split" from bf16 parts on the tensor cores (SplitBf16Scores).
     """
     channels = predictions.shape[2]
-    pred = predictions.permute(0, 1, 3, 4, 2).reshape(-1, channels).float()
-    target = targets.permute(0, 1, 3, 4, 2).reshape(-1, channels).float()
+    pred = predictions.permute(0, 1, 3, 4, 2).reshape(-1, channels)
+    target = targets.permute(0, 1, 3, 4, 2).reshape(-1, channels)
     with torch.autocast(predictions.device.type, enabled=False):
-        return pred @ target.t()
+        if products == "bf16-split":
+            return SplitBf16Scores.apply(pred, target)
+        return pred.float() @ target.float().t()
+
+
+def bf16_parts(values: torch.Tensor) -> list[torch.Tensor]:
+    """bf16 tensors that sum to `values` exactly: each is what the ones before leave, rounded to bf16 (the
+    remainders are exact in fp32). A bf16 tensor is its own one part."""
+    if values.dtype == torch.bfloat16:
+        return [values]
+    parts = [values.to(torch.bfloat16)]
+    rest = values.float()
+    while len(parts) < BF16_PARTS:
+        rest = rest - parts[-1]
+        parts.append(rest.to(torch.bfloat16))
+    return parts
+
+
+def split_pairs(lefts: list[torch.Tensor], rights: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The pairs of parts whose products reach fp32's resolution of the whole product; the others are smaller."""
+    return [(left, right) for i, left in enumerate(lefts) for j, right in enumerate(rights) if i + j < BF16_PARTS]
+
+
+def bf16_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left @ right of bf16 matrices, summed and returned in fp32: cuBLAS's bf16 product with fp32 output where
+    torch has it (CUDA, torch.mm's out_dtype), elsewhere the same products in fp32 (the product of two bf16 values
+    is exact in fp32)."""
+    if left.is_cuda and "dtype" in torch.ops.aten.mm.overloads():
+        return torch.mm(left, right, out_dtype=torch.float32)
+    return left.float() @ right.float()
+
+
+class SplitBf16Scores(torch.autograd.Function):
+    """pred (N, C) @ target (N, C).T and its gradients at fp32's accuracy, from bf16 products on tensor cores.
+
+    Every factor is split into bf16 parts (bf16_parts; under autocast the predictions are bf16 already, one part)
+    and the products of the parts, exact in fp32, are summed in fp32 as the fp32 product sums its terms. The scores
+    are one product, the pairs side by side along the summed dimension.
+    """
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(pred, target)
+        pairs = split_pairs(bf16_parts(pred), bf16_parts(target))
+        return bf16_matmul(torch.cat([left for left, _ in pairs], dim=1),
+                           torch.cat([right for _, right in pairs], dim=1).t())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pred, target = ctx.saved_tensors
+        grad_parts = bf16_parts(grad)
+        grad_pred = sum(bf16_matmul(left, right) for left, right in split_pairs(grad_parts, bf16_parts(target)))
+        grad_target = sum(bf16_matmul(left.t(), right) for left, right in split_pairs(grad_parts, bf16_parts(pred)))
+        return grad_pred.to(pred.dtype), grad_target.to(target.dtype)
 
 
 def reverse_future(clips: torch.Tensor, pred_step: int) -> torch.Tensor:

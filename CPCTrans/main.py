@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from CPCTrans.augment import COLOR_AUG_KINDS, ClipAugment, denormalize, pretraining_recipe
 from CPCTrans.checkpoint import CheckpointError, load_pretrained, training_state
-from CPCTrans.cpc import (CPCTrans, PretextMetrics, contrastive_loss, dense_scores, plateau_warning,
+from CPCTrans.cpc import (SCORE_PRODUCTS, CPCTrans, PretextMetrics, contrastive_loss, dense_scores, plateau_warning,
                          reverse_future)
 from CPCTrans.data import BadSamples, DataError, make_loader, read_class_names, split_dataset
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
@@ -57,9 +57,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="none: the reference; learned or sincos: spatio-temporal position of each token")
     parser.add_argument("--color_aug", default="frame", choices=COLOR_AUG_KINDS,
                         help="frame: grayscale and colour jitter drawn per frame (the reference); clip: once per clip")
+    add_score_products_flag(parser)
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
     return args
+
+
+def add_score_products_flag(parser) -> None:
+    parser.add_argument("--score_products", default="fp32", choices=SCORE_PRODUCTS,
+                        help="how the pretext's score matrix is multiplied: fp32 (the reference) or bf16-split, the "
+                             "same scores and gradients from bf16 parts on the tensor cores (CUDA; emulated "
+                             "elsewhere, slower there; off by default until measured, see README)")
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -84,23 +92,24 @@ def build_loaders(args, device):
     return loaders
 
 
-def pretext_loss(model, inputs: torch.Tensor, device: torch.device, amp: bool):
-    """Forward pass and loss on augmented clips -> (loss, scores, targets)."""
+def pretext_loss(model, inputs: torch.Tensor, device: torch.device, amp: bool, products: str = "fp32"):
+    """Forward pass and loss on augmented clips -> (loss, scores, targets); `products` as in dense_scores."""
     with autocast(device, amp):
         predictions, targets = model(inputs)
-        scores = dense_scores(predictions, targets)
+        scores = dense_scores(predictions, targets, products)
         loss = contrastive_loss(scores)
     return loss, scores, targets
 
 
-def reversed_future_scores(model, inputs: torch.Tensor, pred_step: int, device: torch.device, amp: bool):
+def reversed_future_scores(model, inputs: torch.Tensor, pred_step: int, device: torch.device, amp: bool,
+                           products: str = "fp32"):
     """The score matrix of the same clips with their predicted frames reversed (PretextMetrics.update_reversed)."""
     with torch.no_grad(), autocast(device, amp):
-        return dense_scores(*model(reverse_future(inputs, pred_step)))
+        return dense_scores(*model(reverse_future(inputs, pred_step)), products)
 
 
-def train_step(model, optimizer, inputs: torch.Tensor, device: torch.device, amp: bool):
-    loss, scores, targets = pretext_loss(model, inputs, device, amp)
+def train_step(model, optimizer, inputs: torch.Tensor, device: torch.device, amp: bool, products: str = "fp32"):
+    loss, scores, targets = pretext_loss(model, inputs, device, amp, products)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -135,17 +144,19 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
             if batch.problems:
                 bad_samples.add(batch.problems)
             if training:
-                loss, scores, targets = train_step(model, optimizer, batch.inputs, device, args.amp)
+                loss, scores, targets = train_step(model, optimizer, batch.inputs, device, args.amp,
+                                                   args.score_products)
             else:
                 with torch.no_grad():
-                    loss, scores, targets = pretext_loss(model, batch.inputs, device, args.amp)
+                    loss, scores, targets = pretext_loss(model, batch.inputs, device, args.amp, args.score_products)
             if training and epoch == 0 and step == 0:
                 writer.add_image("input_clip", make_grid(denormalize(batch.inputs[0].float()),
                                                          nrow=batch.inputs.shape[1]), epoch)
             metrics.update(loss, scores, targets)
             if not training and args.pred_step > 1:
                 # After update(): a CUDA-graph replay (--compile reduce-overhead) reuses the first pass's outputs.
-                metrics.update_reversed(reversed_future_scores(model, batch.inputs, args.pred_step, device, args.amp))
+                metrics.update_reversed(reversed_future_scores(model, batch.inputs, args.pred_step, device, args.amp,
+                                                               args.score_products))
             step += 1
             if step % args.print_freq == 0:
                 summary = metrics.summary()
@@ -207,7 +218,8 @@ def train(args: argparse.Namespace) -> Path:
     augmenters = {stage: ClipAugment(recipe, args.img_dim, compiled=args.compile is not None)
                   for stage in ("train", "val")}
     bad_samples = BadSamples(args.max_bad_samples)
-    print(f"pretraining on {device} ({speed_summary(args)}); logs and checkpoints in {run_dir}")
+    print(f"pretraining on {device} ({speed_summary(args)}, score_products={args.score_products}); "
+          f"logs and checkpoints in {run_dir}")
 
     val_metrics = {}
     with stage_writers(run_dir) as writers, GracefulStop() as stop:

@@ -1,7 +1,8 @@
 """The dense contrastive target, the negative kinds and the pretext metrics (DESIGN.md §2.7)."""
+import pytest
 import torch
 
-from CPCTrans.cpc import (CPCTrans, PretextMetrics, contrastive_loss, dense_scores, plateau_warning,
+from CPCTrans.cpc import (CPCTrans, PretextMetrics, bf16_parts, contrastive_loss, dense_scores, plateau_warning,
                           reverse_future, score_kinds, step_similarity_sum)
 
 
@@ -33,6 +34,65 @@ def test_scores_under_bf16_autocast_still_tell_a_positive_from_its_temporal_nega
     metrics.update(contrastive_loss(scores), scores, targets)
     assert scores.dtype == torch.float32
     assert metrics.summary()["top1"] == 1.0
+
+
+def test_bf16_parts_hold_every_bit_of_an_fp32_value():
+    torch.manual_seed(0)
+    values = torch.randn(4096) * torch.logspace(-30, 30, 4096)
+    parts = bf16_parts(values)
+    assert len(parts) == 3 and all(part.dtype == torch.bfloat16 for part in parts)
+    assert torch.equal(sum(part.double() for part in parts), values.double())
+    already_bf16 = values.bfloat16()
+    assert bf16_parts(already_bf16) == [already_bf16]
+
+
+def plateau_like_targets(videos: int = 4, steps: int = 3, device: str = "cpu") -> torch.Tensor:
+    """Targets (B, P, 256, 2, 2) as on the 1/3 plateau: a large part shared by a video's steps (scores ~80) and a
+    small part per step (a positive and its temporal negatives some 0.05 apart)."""
+    shared = torch.randn(videos, 1, 256, 2, 2) * 0.55
+    return (shared + torch.randn(videos, steps, 256, 2, 2) * 0.02).to(device)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_bf16_split_products_give_the_fp32_products_scores_and_gradients(device):
+    """bf16 predictions against fp32 targets, as bf16 autocast gives them on CUDA (its LayerNorm returns fp32); on
+    the CPU the bf16 products are emulated by the same exact products summed in fp32."""
+    torch.manual_seed(0)
+    targets = plateau_like_targets(device=device)
+    predictions = (targets + 0.01 * torch.randn_like(targets)).bfloat16()
+
+    def as_rows(maps: torch.Tensor) -> torch.Tensor:
+        return maps.permute(0, 1, 3, 4, 2).flatten(0, 3)
+
+    exact_scores = as_rows(predictions).double() @ as_rows(targets).double().t()
+    temporal = score_kinds(4, 3, 4, device=device) == 2
+
+    def ahead_of_temporal_negatives(scores: torch.Tensor) -> torch.Tensor:
+        """Per row: the positive minus the best temporal negative."""
+        return scores.diagonal() - scores.masked_fill(~temporal, float("-inf")).max(dim=1).values
+
+    exact_margins = ahead_of_temporal_negatives(exact_scores)
+    assert exact_margins.abs().min() < 0.05  # some rows as close as on the plateau
+    # The loss's gradient, the same for both ways, so that each way's products alone make its error.
+    exact = exact_scores.clone().requires_grad_(True)
+    contrastive_loss(exact).backward()
+    incoming = exact.grad
+    exact_gradients = (incoming @ as_rows(targets).double(), incoming.t() @ as_rows(predictions).double())
+    errors = {}
+    for products in ("fp32", "bf16-split"):
+        pred, target = predictions.clone().requires_grad_(True), targets.clone().requires_grad_(True)
+        scores = dense_scores(pred, target, products)
+        scores.backward(incoming.float())
+        assert torch.equal(ahead_of_temporal_negatives(scores.double()) > 0, exact_margins > 0)
+        results = (scores, as_rows(pred.grad), as_rows(target.grad))
+        errors[products] = [((result.double() - truth).abs().max() / truth.abs().max()).item()
+                            for result, truth in zip(results, (exact_scores, *exact_gradients))]
+    # As close to exact as fp32's products; the predictions' gradient reaches them in bf16 (2^-9 of its size).
+    for name, fp32, split in zip(("scores", "predictions' gradient", "targets' gradient"), *errors.values()):
+        assert split <= 2 * fp32 + 2.0 ** -23, (name, fp32, split)
+    # What the split is for: the same product with the targets rounded to bf16 orders rows wrong.
+    rounded = dense_scores(predictions, targets.bfloat16(), "fp32").double()
+    assert not torch.equal(ahead_of_temporal_negatives(rounded) > 0, exact_margins > 0)
 
 
 def test_score_kinds_on_a_case_checked_by_hand():

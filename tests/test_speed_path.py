@@ -46,13 +46,13 @@ def test_bf16_and_fp32_losses_agree_at_initialisation():
     assert abs(bf16.item() - fp32.item()) / fp32.item() < BF16_TOLERANCE
 
 
-@pytest.mark.parametrize("amp", [False, True])
-def test_a_short_run_lowers_the_loss(amp):
+@pytest.mark.parametrize("amp, products", [(False, "fp32"), (True, "fp32"), (True, "bf16-split")])
+def test_a_short_run_lowers_the_loss(amp, products):
     torch.manual_seed(1)
     clips = torch.randn(2, 5, 3, 64, 64)
     model = fresh_model().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = [train_step(model, optimizer, clips, torch.device("cpu"), amp)[0].item() for _ in range(6)]
+    losses = [train_step(model, optimizer, clips, torch.device("cpu"), amp, products)[0].item() for _ in range(6)]
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -77,7 +77,7 @@ def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "CPCTrans" / "benchmark.py"), "--img_dim", "64",
                              "--batch_size", "2", "--steps", "2", "--warmup", "1", "--videos", "3", "--frames", "16",
                              "--workers", "1", "--device", "cpu", "--prefetch", "2", "--profile", "trace.json.gz",
-                             "--cudnn_benchmark"],
+                             "--cudnn_benchmark", "--score_products", "bf16-split"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     json_lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
@@ -85,6 +85,7 @@ def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     report = json.loads(json_lines[0])
     assert report["device"] == "cpu" and report["batch_size"] == 2 and report["prefetch"] == 2
     assert report["cudnn_benchmark"] is False  # asked for, but the CPU has no cuDNN to tune
+    assert report["score_products"] == "bf16-split"
     for key in ("model_step_clips_per_s", "loader_clips_per_s", "end_to_end_clips_per_s", "augment_clips_per_s"):
         assert report[key] > 0
     assert report["end_to_end_over_model_step"] > 0
@@ -215,6 +216,21 @@ def test_bf16_on_gpu_agrees_with_fp32():
 
 
 @pytest.mark.cuda
+def test_bf16_split_score_products_give_the_networks_fp32_product_loss_on_gpu():
+    """Under bf16 autocast on CUDA the predictions come out in bf16 and the targets in fp32 (the Transformer's last
+    LayerNorm): the split takes all of the targets' bits, and the loss is the fp32 products' to fp32's rounding."""
+    torch.manual_seed(1)
+    clips = torch.randn(4, 5, 3, 128, 128, device=gpu())
+    model = fresh_model().to(gpu()).eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        predictions, targets = model(clips)
+    assert predictions.dtype == torch.bfloat16 and targets.dtype == torch.float32
+    with torch.no_grad():
+        losses = [pretext_loss(model, clips, gpu(), True, products)[0].item() for products in ("fp32", "bf16-split")]
+    assert abs(losses[1] - losses[0]) <= 1e-5 * losses[0], losses
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("attn", ["full", "split"])
 def test_preparing_batches_and_training_steps_never_wait_for_the_gpu(attn):
     """Copy, augmentation, training step and metrics queue their GPU work and return. A synchronisation would
@@ -329,10 +345,11 @@ def test_pretraining_and_test_run_on_cuda(demo_dataset, tmp_path):
     common = ["--csv_root", demo_dataset / "csv", "--dataset", "demo", "--img_dim", "128", "--batch_size", "4",
               "--workers", "2", "--device", "cuda", "--decode", "gpu"]
     pretrain = subprocess.run([sys.executable, str(REPO / "CPCTrans" / "main.py"), *map(str, common), "--epochs", "1",
-                               "--cudnn_benchmark", "--log_root", str(tmp_path)],
+                               "--cudnn_benchmark", "--score_products", "bf16-split", "--log_root", str(tmp_path)],
                               capture_output=True, text=True, cwd=tmp_path)
     assert pretrain.returncode == 0, pretrain.stderr
-    assert all(setting in pretrain.stdout for setting in ("decode=gpu", "amp=True", "cudnn_benchmark=True"))
+    assert all(setting in pretrain.stdout
+               for setting in ("decode=gpu", "amp=True", "cudnn_benchmark=True", "score_products=bf16-split"))
     checkpoint = next(tmp_path.glob("log_tmp/*/model/epoch1.pth.tar"))
     state = torch.load(checkpoint, weights_only=True, map_location="cpu")
     assert all(value.device.type == "cpu" for value in state["state_dict"].values())
