@@ -46,11 +46,11 @@ def test_bf16_parts_hold_every_bit_of_an_fp32_value():
     assert bf16_parts(already_bf16) == [already_bf16]
 
 
-def plateau_like_targets(videos: int = 4, steps: int = 3, device: str = "cpu") -> torch.Tensor:
+def plateau_like_targets(videos: int, steps: int = 3) -> torch.Tensor:
     """Targets (B, P, 256, 2, 2) as on the 1/3 plateau: a large part shared by a video's steps (scores ~80) and a
     small part per step (a positive and its temporal negatives some 0.05 apart)."""
     shared = torch.randn(videos, 1, 256, 2, 2) * 0.55
-    return (shared + torch.randn(videos, steps, 256, 2, 2) * 0.02).to(device)
+    return shared + torch.randn(videos, steps, 256, 2, 2) * 0.02
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
@@ -58,14 +58,15 @@ def test_bf16_split_products_give_the_fp32_products_scores_and_gradients(device)
     """bf16 predictions against fp32 targets, as bf16 autocast gives them on CUDA (its LayerNorm returns fp32); on
     the CPU the bf16 products are emulated by the same exact products summed in fp32."""
     torch.manual_seed(0)
-    targets = plateau_like_targets(device=device)
-    predictions = (targets + 0.01 * torch.randn_like(targets)).bfloat16()
+    targets = plateau_like_targets(videos=8)
+    predictions = (targets + 0.01 * torch.randn_like(targets)).bfloat16().to(device)
+    targets = targets.to(device)
 
     def as_rows(maps: torch.Tensor) -> torch.Tensor:
         return maps.permute(0, 1, 3, 4, 2).flatten(0, 3)
 
     exact_scores = as_rows(predictions).double() @ as_rows(targets).double().t()
-    temporal = score_kinds(4, 3, 4, device=device) == 2
+    temporal = score_kinds(8, 3, 4, device=device) == 2
 
     def ahead_of_temporal_negatives(scores: torch.Tensor) -> torch.Tensor:
         """Per row: the positive minus the best temporal negative."""
