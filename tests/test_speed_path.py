@@ -231,8 +231,8 @@ def test_bf16_split_score_products_give_the_networks_fp32_product_loss_on_gpu():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("attn", ["full", "split"])
-def test_preparing_batches_and_training_steps_never_wait_for_the_gpu(attn):
+@pytest.mark.parametrize("attn, products", [("full", "fp32"), ("split", "fp32"), ("full", "bf16-split")])
+def test_preparing_batches_and_training_steps_never_wait_for_the_gpu(attn, products):
     """Copy, augmentation, training step and metrics queue their GPU work and return. A synchronisation would
     hold the thread preparing batches ahead, or the training loop, until the GPU has caught up."""
     clips = torch.randint(0, 256, (4, 5, 3, 240, 320), dtype=torch.uint8).pin_memory()
@@ -245,7 +245,7 @@ def test_preparing_batches_and_training_steps_never_wait_for_the_gpu(attn):
 
     def one_step():
         inputs = augment(*clips_to_device(clips, sizes, gpu()))
-        metrics.update(*train_step(step_model, optimizer, inputs, gpu(), amp=True))
+        metrics.update(*train_step(step_model, optimizer, inputs, gpu(), True, products))
 
     one_step()  # first use: library handles, the optimizer's state
     torch.cuda.set_sync_debug_mode("error")
