@@ -80,7 +80,8 @@ def bf16_parts(values: torch.Tensor) -> list[torch.Tensor]:
 
 
 def split_pairs(lefts: list[torch.Tensor], rights: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The pairs of parts whose products reach fp32's resolution of the whole product; the others are smaller."""
+    """The pairs (left part i, right part j) with i + j < BF16_PARTS: part k is at most 2^-9k of its value, so the
+    products left out are below fp32's resolution (2^-24) of the whole."""
     return [(left, right) for i, left in enumerate(lefts) for j, right in enumerate(rights) if i + j < BF16_PARTS]
 
 
