@@ -80,8 +80,8 @@ def bf16_parts(values: torch.Tensor) -> list[torch.Tensor]:
 
 
 def split_pairs(lefts: list[torch.Tensor], rights: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The pairs (left part i, right part j) with i + j < BF16_PARTS: part k is at most 2^-9k of its value, so the
-    products left out are below fp32's resolution (2^-24) of the whole."""
+    """The pairs (left part i, right part j) with i + j < BF16_PARTS: part k is at most about 2^-8k of its value,
+    so each product left out is at most about 2^-24 of the whole, fp32's own rounding."""
     return [(left, right) for i, left in enumerate(lefts) for j, right in enumerate(rights) if i + j < BF16_PARTS]
 
 
