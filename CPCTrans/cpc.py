@@ -47,6 +47,7 @@ class CPCTrans(nn.Module):
 
 SCORE_PRODUCTS = ("fp32", "bf16-split")
 BF16_PARTS = 3  # bf16 values, 8 significant bits each, that hold an fp32 value's 24
+MM_HAS_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()  # torch 2.8+: bf16 products with fp32 output
 
 
 def dense_scores(predictions: torch.Tensor, targets: torch.Tensor, products: str = "fp32") -> torch.Tensor:
@@ -89,7 +90,7 @@ def bf16_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """left @ right of bf16 matrices, summed and returned in fp32: cuBLAS's bf16 product with fp32 output where
     torch has it (CUDA, torch.mm's out_dtype), elsewhere the same products in fp32 (the product of two bf16 values
     is exact in fp32)."""
-    if left.is_cuda and "dtype" in torch.ops.aten.mm.overloads():
+    if left.is_cuda and MM_HAS_OUT_DTYPE:
         return torch.mm(left, right, out_dtype=torch.float32)
     return left.float() @ right.float()
 
