@@ -2,18 +2,20 @@
 
     python ProcessData/make_demo.py --out demo_output
 
-Every video is a camera panning or zooming over a random textured canvas; the class is the
-camera's motion, so no single frame gives it away. Written as <out>/videos/<Class>/v_<Class>_gNN_cNN.avi (MJPG)
+Every video is a camera panning or zooming over a random textured canvas, or over one of your photographs
+with --photos DIR (closer to real footage); the class is the camera's motion, so no single frame gives it away. Written as <out>/videos/<Class>/v_<Class>_gNN_cNN.avi (MJPG)
 with official-format split lists in <out>/ucfTrainTestlist/ (CRLF, like the release): split k
 tests on the k-th third of the groups. Deterministic for a given --seed: --workers N renders and encodes the
 videos in N processes and writes the same files.
 """
 import argparse
+import math
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -23,6 +25,11 @@ import numpy as np
 CLASSES = {"PanUp": (0, -1, 0), "PanDown": (0, 1, 0), "PanSideways": (1, 0, 0), "ZoomIn": (0, 0, -1),
            "ZoomOut": (0, 0, 1)}
 WIDTH, HEIGHT = 320, 240
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+class DemoError(Exception):
+    """Bad input a user can fix; the message names the file and what to do."""
 
 
 def textured_canvas(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -40,6 +47,42 @@ def textured_canvas(rng: np.random.Generator, height: int, width: int) -> np.nda
     return canvas
 
 
+class PhotoCanvases:
+    """Canvases cut from the photographs of a folder: a random photo, mirrored half the time, scaled to cover the
+    canvas (times 1 to 1.5) and cropped at a random place."""
+
+    def __init__(self, folder: Path):
+        if not folder.is_dir():
+            raise DemoError(f"{folder}: --photos folder not found")
+        self.paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in PHOTO_SUFFIXES)
+        if not self.paths:
+            raise DemoError(f"{folder}: no .jpg, .jpeg or .png photos in this folder; give --photos a folder of them")
+        for path in self.paths:  # before minutes of rendering; a photo is read again for each video that films it
+            if not cv2.haveImageReader(str(path)):
+                raise DemoError(f"{path}: OpenCV cannot read this image; convert it to JPEG or PNG, or move it out "
+                                f"of the --photos folder")
+
+    def photo(self, index: int) -> np.ndarray:
+        image = cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)
+        if image is None:
+            raise DemoError(f"{self.paths[index]}: OpenCV cannot decode this image; re-save it as JPEG or PNG, or "
+                            f"move it out of the --photos folder")
+        return image
+
+    def __call__(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+        photo = self.photo(int(rng.integers(len(self.paths))))
+        if rng.random() < 0.5:
+            photo = photo[:, ::-1]
+        scale = max(height / photo.shape[0], width / photo.shape[1]) * rng.uniform(1.0, 1.5)
+        size = (math.ceil(photo.shape[1] * scale), math.ceil(photo.shape[0] * scale))
+        resized = cv2.resize(photo, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        top, left = rng.integers(0, size[1] - height + 1), rng.integers(0, size[0] - width + 1)
+        return np.ascontiguousarray(resized[top:top + height, left:left + width])
+
+
+CanvasMaker = Callable[[np.random.Generator, int, int], np.ndarray]  # (rng, height, width) -> BGR canvas
+
+
 @dataclass
 class Camera:
     """Every random choice of one video."""
@@ -53,7 +96,8 @@ class Camera:
     largest_scale: float
 
 
-def draw_camera(rng: np.random.Generator, motion: tuple[int, int, int], frames: int) -> Camera:
+def draw_camera(rng: np.random.Generator, motion: tuple[int, int, int], frames: int,
+                canvas: CanvasMaker = textured_canvas) -> Camera:
     """A pan of 2-5 px per frame or a zoom of 1-2% per frame, over a random canvas large enough for it."""
     dx, dy, zoom = motion
     if dx:
@@ -64,7 +108,7 @@ def draw_camera(rng: np.random.Generator, motion: tuple[int, int, int], frames: 
     largest_scale = float(np.exp(abs(rate) * (frames - 1))) if zoom else rng.uniform(1.0, 2.0)
     travel = speed * (frames - 1) * (abs(dx) + abs(dy))
     canvas_w, canvas_h = int(WIDTH * largest_scale + travel) + 4, int(HEIGHT * largest_scale + travel) + 4
-    return Camera(textured_canvas(rng, canvas_h, canvas_w), dx, dy, zoom, speed, rate, largest_scale)
+    return Camera(canvas(rng, canvas_h, canvas_w), dx, dy, zoom, speed, rate, largest_scale)
 
 
 def film(camera: Camera, frames: int) -> list[np.ndarray]:
@@ -86,9 +130,10 @@ def film(camera: Camera, frames: int) -> list[np.ndarray]:
     return out
 
 
-def camera_video(rng: np.random.Generator, motion: tuple[int, int, int], frames: int) -> list[np.ndarray]:
+def camera_video(rng: np.random.Generator, motion: tuple[int, int, int], frames: int,
+                 canvas: CanvasMaker = textured_canvas) -> list[np.ndarray]:
     """A camera moving over a random canvas: the frames of draw_camera's choices."""
-    return film(draw_camera(rng, motion, frames), frames)
+    return film(draw_camera(rng, motion, frames, canvas), frames)
 
 
 def write_avi(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:
@@ -118,14 +163,16 @@ def write_lists(list_dir: Path, names: list[str], videos: list[tuple[str, int, s
         (list_dir / f"testlist{split:02d}.txt").write_bytes("".join(test_lines).encode())
 
 
-def write_video(path: Path, motion: tuple[int, int, int], frames: int, rng_state: dict) -> None:
+def write_video(path: Path, motion: tuple[int, int, int], frames: int, rng_state: dict, canvas: CanvasMaker) -> None:
     rng = np.random.default_rng()
     rng.bit_generator.state = rng_state
-    write_avi(path, camera_video(rng, motion, frames))
+    write_avi(path, camera_video(rng, motion, frames, canvas))
 
 
-def make_demo(out: Path, groups: int, clips: int, frames: int, seed: int, workers: int = 1) -> None:
-    """The videos and split lists; the same files whatever `workers` (processes rendering and encoding videos)."""
+def make_demo(out: Path, groups: int, clips: int, frames: int, seed: int, workers: int = 1,
+              canvas: CanvasMaker = textured_canvas) -> None:
+    """The videos and split lists; the same files whatever `workers` (processes rendering and encoding videos).
+    `canvas` makes what the camera films (textured_canvas, or PhotoCanvases)."""
     rng = np.random.default_rng(seed)
     names = sorted(CLASSES)
     videos = [(class_name, group, f"v_{class_name}_g{group:02d}_c{clip:02d}.avi")
@@ -135,12 +182,12 @@ def make_demo(out: Path, groups: int, clips: int, frames: int, seed: int, worker
     paths = [(out / "videos" / class_name / file_name, CLASSES[class_name]) for class_name, _, file_name in videos]
     if workers == 1:
         for path, motion in paths:
-            write_avi(path, camera_video(rng, motion, frames))
+            write_avi(path, camera_video(rng, motion, frames, canvas))
     else:
         jobs = []
         for path, motion in paths:
-            jobs.append((path, motion, frames, rng.bit_generator.state))
-            draw_camera(rng, motion, frames)  # its draws, so the next video starts after them
+            jobs.append((path, motion, frames, rng.bit_generator.state, canvas))
+            draw_camera(rng, motion, frames, canvas)  # its draws, so the next video starts after them
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(write_video, *zip(*jobs), chunksize=8))
     write_lists(out / "ucfTrainTestlist", names, videos, groups)
@@ -154,6 +201,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", default=40, type=int, help="frames per video")
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--workers", default=1, type=int, help="processes rendering and encoding videos (same files)")
+    parser.add_argument("--photos", type=Path, default=None,
+                        help="film pans and zooms over random crops of the .jpg/.png photographs in this folder "
+                             "instead of textured canvases")
     return parser.parse_args(argv)
 
 
@@ -163,7 +213,11 @@ def main(argv=None) -> int:
         sys.exit("error: --groups must be at least 3 (one third of the groups is tested per split)")
     if args.workers < 1:
         sys.exit(f"error: --workers must be at least 1, got {args.workers}")
-    make_demo(args.out, args.groups, args.clips, args.frames, args.seed, args.workers)
+    try:
+        canvas = PhotoCanvases(args.photos) if args.photos else textured_canvas
+        make_demo(args.out, args.groups, args.clips, args.frames, args.seed, args.workers, canvas)
+    except DemoError as error:
+        sys.exit(f"error: {error}")
     print(f"wrote {len(CLASSES) * args.groups * args.clips} videos and split lists to {args.out}")
     return 0
 
