@@ -5,8 +5,9 @@
 Every video is a camera panning or zooming over a random textured canvas, or over one of your photographs
 with --photos DIR (closer to real footage); the class is the camera's motion, so no single frame gives it away.
 Written as <out>/videos/<Class>/v_<Class>_gNN_cNN.avi (MJPG) with official-format split lists in
-<out>/ucfTrainTestlist/ (CRLF, like the release): split k tests on the k-th third of the groups. Deterministic for a given --seed: --workers N renders and encodes the
-videos in N processes and writes the same files.
+<out>/ucfTrainTestlist/ (CRLF, like the release): split k tests on the k-th third of the groups.
+Deterministic for a given --seed: --workers N renders and encodes the videos in N processes and writes the same
+files.
 """
 import argparse
 import math
