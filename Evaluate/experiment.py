@@ -11,7 +11,8 @@ mean ± std over the seeds and writes it, with every run's numbers, to <out>/res
 Everything goes through the same functions as the command lines; finished pieces are kept, so a rerun
 continues where an interrupted one stopped. --compile MODE goes to pretraining, finetuning and retrieval;
 run folders do not name it, so pieces finished without it are reused. --jobs N runs the attentions and seeds
-side by side in N processes (the gpu preset: 2 unless told otherwise).
+side by side in N processes (the gpu preset: 2 unless told otherwise). --photos DIR films the demo's camera
+motions over your photographs (make_demo.py --photos), closer to real footage.
 """
 import argparse
 import json
@@ -82,14 +83,24 @@ PRETEXT = (("pretext top1", "top1", 100, 1), ("pretext top1, future reversed", "
            ("targets across steps cos", "step_similarity", 1, 2))
 
 
-def prepare_dataset(out: Path, preset: Preset) -> Path:
-    """Generates, extracts and indexes the demo videos once; returns the CSV folder."""
+def prepare_dataset(out: Path, preset: Preset, photos: Path | None = None) -> Path:
+    """Generates, extracts and indexes the demo videos once, over textured canvases or over `photos`; returns the
+    CSV folder. A folder whose videos were filmed over other canvases is refused, never mixed or reused."""
+    canvases = str(photos.resolve()) if photos else "textured canvases"
+    record = out / "canvases.txt"
+    made_over = record.read_text() if record.is_file() else "textured canvases"  # folders from before --photos
+    if made_over != canvases and (out / "videos").exists():
+        raise make_demo.DemoError(f"{out}: its videos were filmed over {made_over}, not {canvases}; give another "
+                                  f"--out")
     csv_root = out / "csv"
     if (csv_root / "test_split01.csv").is_file():
         return csv_root
+    canvas = make_demo.PhotoCanvases(photos) if photos else make_demo.textured_canvas
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(canvases)
     workers = max(1, preset.workers)
     if not (out / "ucfTrainTestlist" / "testlist01.txt").is_file():
-        make_demo.make_demo(out, preset.groups, preset.clips, preset.frames, seed=0, workers=workers)
+        make_demo.make_demo(out, preset.groups, preset.clips, preset.frames, seed=0, workers=workers, canvas=canvas)
     steps = (extract_frame.main(["--video_root", str(out / "videos"), "--frame_root", str(out / "frames"),
                                  "--workers", str(workers)]),
              write_csv.main(["--dataset", "ucf101", "--frame_root", str(out / "frames"), "--split_root",
@@ -320,7 +331,8 @@ def markdown_table(results: dict, seeds: list[int]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Pretrained vs random initialisation on the demo dataset")
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    parser.add_argument("--out", type=Path, default=None, help="default: experiment_output/<preset>")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: experiment_output/<preset>, or <preset>_photos with --photos")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--attn", nargs="+", default=["full", "causal"], choices=ATTENTION_KINDS)
     parser.add_argument("--pos_enc", default="none", choices=POSITION_KINDS)
@@ -335,6 +347,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="run the attentions and seeds side by side in this many processes (on a GPU they "
                              "share the card); each one's console output goes to <out>/logs/<attn>_seed<S>.txt "
                              "(default: the preset's, 2 for gpu, 1 for the others)")
+    parser.add_argument("--photos", type=Path, default=None,
+                        help="film the demo videos over random crops of the .jpg/.png photographs in this folder "
+                             "(make_demo.py --photos) instead of textured canvases")
     add_compile_flag(parser)  # passed to pretraining, finetuning and retrieval
     return parser.parse_args(argv)
 
@@ -351,9 +366,12 @@ def main(argv=None) -> int:
     jobs = side_by_side_jobs(args.jobs, preset, len(args.attn) * len(args.seeds))
     if preset.device == "cuda" and not torch.cuda.is_available():  # before minutes of making the videos
         sys.exit(f"error: --preset {args.preset} needs a CUDA device and none is visible; --preset cpu runs on the CPU")
-    out = (args.out or REPO_ROOT / "experiment_output" / args.preset).resolve()
+    out = (args.out or REPO_ROOT / "experiment_output" / (args.preset + ("_photos" if args.photos else ""))).resolve()
     started = time.perf_counter()
-    csv_root = prepare_dataset(out / "data", preset)
+    try:
+        csv_root = prepare_dataset(out / "data", preset, args.photos)
+    except make_demo.DemoError as error:
+        sys.exit(f"error: {error}")
     runner = Runner(share_of_workers(preset, jobs), csv_root, out / "logs", args.pos_enc, args.color_aug, args.compile)
     try:
         results = run_experiment(runner, args.attn, args.seeds, jobs)
@@ -363,12 +381,16 @@ def main(argv=None) -> int:
     stage_minutes = {stage: round(seconds / 60, 2) for stage, seconds in runner.seconds.items()}
     table = markdown_table(results, args.seeds)
     summed = f", summed over {jobs} jobs" if jobs > 1 else ""
-    summary = (f"preset {args.preset} ({asdict(runner.preset)}), pos_enc {args.pos_enc}, color_aug {args.color_aug}, "
+    photos = str(args.photos.resolve()) if args.photos else None
+    canvases = f"photos {photos}" if photos else "textured canvases"
+    summary = (f"preset {args.preset} ({asdict(runner.preset)}), {canvases}, pos_enc {args.pos_enc}, "
+               f"color_aug {args.color_aug}, "
                f"{minutes:.1f} minutes (" + ", ".join(f"{stage} {value:.1f}" for stage, value in stage_minutes.items())
                + f"{summed})")
     (out / "results.md").write_text(f"{table}\n\n{summary}\n")
     (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(runner.preset),
-                                                  "pos_enc": args.pos_enc, "color_aug": args.color_aug,
+                                                  "photos": photos, "pos_enc": args.pos_enc,
+                                                  "color_aug": args.color_aug,
                                                   "minutes": minutes, "jobs": jobs,
                                                   "minutes_by_stage": stage_minutes,
                                                   "results": [{"attn": attn, "init": init, **row}

@@ -3,10 +3,14 @@ import json
 import re
 from dataclasses import replace
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
+from CPCTrans.data import read_index
 from Evaluate import experiment
+from ProcessData import make_demo
 
 
 def test_table_gives_mean_and_sample_std_in_percent_per_row():
@@ -51,6 +55,30 @@ def test_gpu_preset_without_a_gpu_stops_in_one_line_before_making_any_data(tmp_p
     assert str(stopped.value) == ("error: --preset gpu needs a CUDA device and none is visible; --preset cpu runs on "
                                   "the CPU")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_over_photos_is_made_once_and_never_mixed_with_one_over_other_canvases(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    green = (0, 180, 0)  # BGR
+    cv2.imwrite(str(photos / "green.png"), np.full((300, 400, 3), green, np.uint8))
+    data, smoke = tmp_path / "data", experiment.PRESETS["smoke"]
+    with pytest.raises(SystemExit, match="missing: --photos folder not found"):
+        experiment.main(["--preset", "smoke", "--out", str(tmp_path / "out"), "--photos", str(tmp_path / "missing")])
+    assert not (tmp_path / "out").exists()
+    csv_root = experiment.prepare_dataset(data, smoke, photos)
+    frames = sorted(data.glob("frames/*/*/image_00001.jpg"))
+    assert len(frames) == sum(len(read_index(csv_root / f"{part}_split01.csv")) for part in ("train", "test"))
+    for frame in frames:
+        assert np.abs(cv2.imread(str(frame)).reshape(-1, 3).mean(axis=0) - green).max() < 4, frame
+    written = {path: path.stat().st_mtime_ns for path in data.rglob("*.avi")}
+    assert experiment.prepare_dataset(data, smoke, photos) == csv_root
+    assert {path: path.stat().st_mtime_ns for path in data.rglob("*.avi")} == written
+    with pytest.raises(make_demo.DemoError, match="filmed over .*photos, not textured canvases; give another --out"):
+        experiment.prepare_dataset(data, smoke)
+    experiment.prepare_dataset(tmp_path / "textured", smoke)
+    with pytest.raises(make_demo.DemoError, match="filmed over textured canvases, not .*photos"):
+        experiment.prepare_dataset(tmp_path / "textured", smoke, photos)
 
 
 def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_path, capfd):
