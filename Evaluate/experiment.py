@@ -83,12 +83,17 @@ PRETEXT = (("pretext top1", "top1", 100, 1), ("pretext top1, future reversed", "
            ("targets across steps cos", "step_similarity", 1, 2))
 
 
+def canvases_name(photos: Path | None) -> str:
+    """What the demo's camera films, in words: recorded with the videos and in the results."""
+    return f"photos {photos.resolve()}" if photos else "textured canvases"
+
+
 def prepare_dataset(out: Path, preset: Preset, photos: Path | None = None) -> Path:
     """Generates, extracts and indexes the demo videos once, over textured canvases or over `photos`; returns the
     CSV folder. A folder whose videos were filmed over other canvases is refused, never mixed or reused."""
-    canvases = str(photos.resolve()) if photos else "textured canvases"
+    canvases = canvases_name(photos)
     record = out / "canvases.txt"
-    made_over = record.read_text() if record.is_file() else "textured canvases"  # folders from before --photos
+    made_over = record.read_text() if record.is_file() else canvases_name(None)  # folders from before --photos
     if made_over != canvases and (out / "videos").exists():
         raise make_demo.DemoError(f"{out}: its videos were filmed over {made_over}, not {canvases}; give another "
                                   f"--out")
@@ -381,15 +386,14 @@ def main(argv=None) -> int:
     stage_minutes = {stage: round(seconds / 60, 2) for stage, seconds in runner.seconds.items()}
     table = markdown_table(results, args.seeds)
     summed = f", summed over {jobs} jobs" if jobs > 1 else ""
-    photos = str(args.photos.resolve()) if args.photos else None
-    canvases = f"photos {photos}" if photos else "textured canvases"
-    summary = (f"preset {args.preset} ({asdict(runner.preset)}), {canvases}, pos_enc {args.pos_enc}, "
+    summary = (f"preset {args.preset} ({asdict(runner.preset)}), {canvases_name(args.photos)}, pos_enc {args.pos_enc}, "
                f"color_aug {args.color_aug}, "
                f"{minutes:.1f} minutes (" + ", ".join(f"{stage} {value:.1f}" for stage, value in stage_minutes.items())
                + f"{summed})")
     (out / "results.md").write_text(f"{table}\n\n{summary}\n")
     (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(runner.preset),
-                                                  "photos": photos, "pos_enc": args.pos_enc,
+                                                  "photos": str(args.photos.resolve()) if args.photos else None,
+                                                  "pos_enc": args.pos_enc,
                                                   "color_aug": args.color_aug,
                                                   "minutes": minutes, "jobs": jobs,
                                                   "minutes_by_stage": stage_minutes,

@@ -101,6 +101,7 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert "| full | pretrained |" in (tmp_path / "results.md").read_text()
     # Pretrained with per-clip colour unless told otherwise, and the pretraining itself recorded it.
     assert report["color_aug"] == "clip"
+    assert report["photos"] is None and "textured canvases" in (tmp_path / "results.md").read_text()
     pretraining, = tmp_path.glob("logs/pretrain/**/epoch1.pth.tar")
     assert torch.load(pretraining, weights_only=True)["args"]["color_aug"] == "clip"
     assert set(report["minutes_by_stage"]) == {"pretraining", "finetuning and test", "linear probe and test",
