@@ -1,4 +1,8 @@
-"""The documented command lines end to end on a real (tiny) dataset: pretrain -> resume -> finetune -> test."""
+"""The documented command lines end to end on a real (tiny) dataset: pretrain -> resume -> finetune -> test.
+
+The first pretraining and the refusals run as a user runs them, a Python of their own started in another
+directory; the later stages call the same entry points in this process, saving a Python start (~6 s) each.
+"""
 import json
 import re
 import subprocess
@@ -22,6 +26,19 @@ def cli(script, *flags, cwd):
     result = subprocess.run([sys.executable, str(REPO / script), *map(str, flags)], cwd=cwd,
                             capture_output=True, text=True)
     return result
+
+
+def in_process(entry_point, *flags, capsys) -> subprocess.CompletedProcess:
+    """Runs a CLI's entry point in this process; its exit status and output as `cli` gives them (a refusal's one
+    line on stderr and status 1, as Python prints an uncaught SystemExit)."""
+    capsys.readouterr()
+    status, refusal = 0, ""
+    try:
+        entry_point(list(map(str, flags)))
+    except SystemExit as stop:
+        status, refusal = (1, stop.code + "\n") if isinstance(stop.code, str) else (stop.code or 0, "")
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(flags, status, out, err + refusal)
 
 
 def only(paths):
@@ -56,14 +73,14 @@ def test_pretraining_writes_checkpoints_and_curves(pretrained):
     assert abs(state["val_metrics"]["top1_reversed"] - float(shares.group(5))) <= 5e-5  # kept for the table
 
 
-def test_resume_continues_at_the_next_epoch_with_optimizer_state(pretrained, demo_dataset):
+def test_resume_continues_at_the_next_epoch_with_optimizer_state(pretrained, demo_dataset, capsys):
     logs, _ = pretrained
     model_dir = only(logs.glob("log_tmp/*/model"))
     first = torch.load(model_dir / "epoch1.pth.tar", weights_only=True)
     steps_per_epoch = 10 // 4  # 10 training videos, batch 4, last partial batch dropped
     assert first["optimizer"]["state"][0]["step"] == steps_per_epoch
-    result = cli("CPCTrans/main.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 2,
-                 "--log_root", logs, "--resume", model_dir / "epoch1.pth.tar", cwd=logs)
+    result = in_process(pretraining.main, *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 2,
+                        "--log_root", logs, "--resume", model_dir / "epoch1.pth.tar", capsys=capsys)
     assert result.returncode == 0, result.stderr
     assert "at epoch 1" in result.stdout and "epoch 2/2" in result.stderr + result.stdout
     assert "epoch 1/2" not in result.stderr + result.stdout
@@ -73,16 +90,16 @@ def test_resume_continues_at_the_next_epoch_with_optimizer_state(pretrained, dem
     assert not (model_dir / "epoch1.pth.tar").exists()
 
 
-def test_finetune_then_test_writes_accuracy_json_and_confusion_png(pretrained, demo_dataset, tmp_path):
+def test_finetune_then_test_writes_accuracy_json_and_confusion_png(pretrained, demo_dataset, tmp_path, capsys):
     logs, _ = pretrained
     checkpoint = only(logs.glob("log_tmp/*/model/model_best_epoch*.pth.tar"))
-    result = cli("Evaluate/test.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1,
-                 "--pretrain", checkpoint, "--train_what", "ft", "--log_root", tmp_path, cwd=tmp_path)
+    result = in_process(evaluation.main, *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1,
+                        "--pretrain", checkpoint, "--train_what", "ft", "--log_root", tmp_path, capsys=capsys)
     assert result.returncode == 0, result.stderr
     assert "predictor.0.weight" in result.stdout and "warning:" not in result.stdout
     finetuned = only(tmp_path.glob("log_tmp/*/model/model_best_epoch*.pth.tar"))
-    tested = cli("Evaluate/test.py", "--test", finetuned, "--csv_root", demo_dataset / "csv", "--workers", 1,
-                 "--device", "cpu", cwd=tmp_path)
+    tested = in_process(evaluation.main, "--test", finetuned, "--csv_root", demo_dataset / "csv", "--workers", 1,
+                        "--device", "cpu", capsys=capsys)
     assert tested.returncode == 0, tested.stderr
     line = only(line for line in tested.stdout.splitlines() if line.startswith("Acc top1:"))
     report = json.loads(finetuned.with_name(finetuned.name + ".test.json").read_text())
@@ -92,21 +109,21 @@ def test_finetune_then_test_writes_accuracy_json_and_confusion_png(pretrained, d
     png = cv2.imread(str(finetuned.with_name(finetuned.name + ".confusion.png")))
     assert png is not None and png.shape[0] > 100
 
-    ten_crop = cli("Evaluate/test.py", "--test", finetuned, "--ten_crop", "--csv_root", demo_dataset / "csv",
-                   "--workers", 1, "--device", "cpu", cwd=tmp_path)
+    ten_crop = in_process(evaluation.main, "--test", finetuned, "--ten_crop", "--csv_root", demo_dataset / "csv",
+                          "--workers", 1, "--device", "cpu", capsys=capsys)
     assert ten_crop.returncode == 0, ten_crop.stderr
     report = json.loads(finetuned.with_name(finetuned.name + ".test.tencrop.json").read_text())
     assert report["ten_crop"] is True and report["videos_tested"] == 5
     assert finetuned.with_name(finetuned.name + ".tencrop.confusion.png").is_file()
 
 
-def test_retrieval_reports_recall_for_a_checkpoint_and_for_random_init(pretrained, demo_dataset, tmp_path):
+def test_retrieval_reports_recall_for_a_checkpoint_and_for_random_init(pretrained, demo_dataset, tmp_path, capsys):
     logs, _ = pretrained
     checkpoint = only(logs.glob("log_tmp/*/model/model_best_epoch*.pth.tar"))
     # The checkpoint brings its data flags (img_dim 64); a random init is given them.
     for source, flags in ((checkpoint, []), ("random", ["--img_dim", 64, "--num_seq", 5])):
-        result = cli("Evaluate/test.py", "--retrieval", source, *flags, "--csv_root", demo_dataset / "csv",
-                     "--workers", 1, "--device", "cpu", "--log_root", tmp_path, cwd=tmp_path)
+        result = in_process(evaluation.main, "--retrieval", source, *flags, "--csv_root", demo_dataset / "csv",
+                            "--workers", 1, "--device", "cpu", "--log_root", tmp_path, capsys=capsys)
         assert result.returncode == 0, result.stderr
         json_path = (checkpoint.with_name(checkpoint.name + ".retrieval.json") if source == checkpoint else
                      only(tmp_path.glob("log_tmp/random_attn-full_pos-none_seed0.retrieval.json")))
@@ -124,7 +141,7 @@ def test_retrieval_reports_recall_for_a_checkpoint_and_for_random_init(pretraine
         assert right == pytest.approx(round(right)) and 0 <= right <= 5
 
 
-def test_a_checkpoint_on_the_pretext_plateau_is_named_in_a_warning(pretrained, demo_dataset, tmp_path):
+def test_a_checkpoint_on_the_pretext_plateau_is_named_in_a_warning(pretrained, demo_dataset, tmp_path, capsys):
     logs, result = pretrained
     checkpoint = only(logs.glob("log_tmp/*/model/model_best_epoch*.pth.tar"))
     assert "warning:" not in result.stdout  # one epoch from random weights: its frames still differ
@@ -136,8 +153,8 @@ def test_a_checkpoint_on_the_pretext_plateau_is_named_in_a_warning(pretrained, d
     finetune = [*SMALL, "--epochs", 1, "--log_root", tmp_path, "--pretrain"]
     for flags, source, warned in ((["--retrieval"], checkpoint, False), (["--retrieval"], plateau, True),
                                   (finetune, plateau, True)):
-        result = cli("Evaluate/test.py", *flags, source, "--csv_root", demo_dataset / "csv", "--workers", 1,
-                     "--device", "cpu", cwd=tmp_path)
+        result = in_process(evaluation.main, *flags, source, "--csv_root", demo_dataset / "csv", "--workers", 1,
+                            "--device", "cpu", capsys=capsys)
         assert result.returncode == 0, result.stderr
         warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
         assert warnings == ([f"warning: {plateau}: its last validation sits on the pretext's 1/3 plateau (top1 "
@@ -147,20 +164,20 @@ def test_a_checkpoint_on_the_pretext_plateau_is_named_in_a_warning(pretrained, d
                              "leaves 1/3"] if warned else [])
 
 
-def test_pretraining_choices_are_recorded_and_the_architecture_travels_to_finetuning(demo_dataset, tmp_path):
+def test_pretraining_choices_are_recorded_and_the_architecture_travels_to_finetuning(demo_dataset, tmp_path, capsys):
     pretrain_logs, finetune_logs = tmp_path / "pretrain", tmp_path / "finetune"
-    result = cli("CPCTrans/main.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--attn", "causal",
-                 "--pos_enc", "sincos", "--color_aug", "clip", "--log_root", pretrain_logs, cwd=tmp_path)
+    result = in_process(pretraining.main, *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--attn", "causal",
+                        "--pos_enc", "sincos", "--color_aug", "clip", "--log_root", pretrain_logs, capsys=capsys)
     assert result.returncode == 0, result.stderr
     checkpoint = only(pretrain_logs.glob("log_tmp/*/model/epoch1.pth.tar"))
     assert checkpoint.parents[1].name.endswith("_attn-causal_train-all_pos-sincos_color-clip")
     assert torch.load(checkpoint, weights_only=True)["args"]["color_aug"] == "clip"
-    refused = cli("Evaluate/test.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--pretrain",
-                  checkpoint, "--pos_enc", "learned", "--log_root", finetune_logs, cwd=tmp_path)
+    refused = in_process(evaluation.main, *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--pretrain",
+                         checkpoint, "--pos_enc", "learned", "--log_root", finetune_logs, capsys=capsys)
     assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0
     assert "--pos_enc sincos" in refused.stderr and str(checkpoint) in refused.stderr
-    result = cli("Evaluate/test.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--pretrain",
-                 checkpoint, "--train_what", "last", "--log_root", finetune_logs, cwd=tmp_path)
+    result = in_process(evaluation.main, *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--pretrain",
+                        checkpoint, "--train_what", "last", "--log_root", finetune_logs, capsys=capsys)
     assert result.returncode == 0, result.stderr
     finetuned = torch.load(only(finetune_logs.glob("log_tmp/*/model/epoch1.pth.tar")), weights_only=True)
     assert (finetuned["model_config"]["attn"], finetuned["model_config"]["pos_enc"]) == ("causal", "sincos")
