@@ -219,7 +219,7 @@ class ReusedSharedBatches:
     """collate_clips for loader workers whose batches the main process copies as they arrive (into pinned memory,
     on CUDA): each worker writes its clips into a few shared-memory batches it takes in turn, instead of into a
     new one per batch, whose fresh pages cost more than the copy itself (a clip of five 320x240 frames, on a CPU:
-    1.2-1.8 ms into a new batch, 0.23 ms into a reused one; README, Speed).
+    1.2-1.8 ms into a new batch, 0.23 ms into a reused one; CPCTrans/SPEED.md).
 
     Safe because a DataLoader hands a worker its batch k + prefetch_factor only once next() has returned that
     worker's batch k, and with pinned memory next() returns a copy made as the batch arrived: with `buffers` at

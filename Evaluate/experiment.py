@@ -286,8 +286,8 @@ def side_by_side_jobs(requested: int | None, preset: Preset, units: int) -> int:
 def share_of_workers(preset: Preset, jobs: int) -> Preset:
     """The preset each of `jobs` runs side by side takes: its share of the loader workers, as of the CPU threads, at
     least one (none where the preset loads in the main process). The preset's count is for one run alone on the
-    machine (three runs side by side with 12 each, 36 on 16 cores, were slower than one at a time; README). Which
-    clips a run sees comes from its seed, not from how many workers load them."""
+    machine (three runs side by side with 12 each, 36 on 16 cores, were slower than one at a time; RESULTS.md).
+    Which clips a run sees comes from its seed, not from how many workers load them."""
     return replace(preset, workers=max(1, preset.workers // jobs) if preset.workers else 0)
 
 
