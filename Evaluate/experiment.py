@@ -371,10 +371,11 @@ def main(argv=None) -> int:
     jobs = side_by_side_jobs(args.jobs, preset, len(args.attn) * len(args.seeds))
     if preset.device == "cuda" and not torch.cuda.is_available():  # before minutes of making the videos
         sys.exit(f"error: --preset {args.preset} needs a CUDA device and none is visible; --preset cpu runs on the CPU")
-    out = (args.out or REPO_ROOT / "experiment_output" / (args.preset + ("_photos" if args.photos else ""))).resolve()
+    photos = args.photos.resolve() if args.photos else None
+    out = (args.out or REPO_ROOT / "experiment_output" / (args.preset + ("_photos" if photos else ""))).resolve()
     started = time.perf_counter()
     try:
-        csv_root = prepare_dataset(out / "data", preset, args.photos)
+        csv_root = prepare_dataset(out / "data", preset, photos)
     except make_demo.DemoError as error:
         sys.exit(f"error: {error}")
     runner = Runner(share_of_workers(preset, jobs), csv_root, out / "logs", args.pos_enc, args.color_aug, args.compile)
@@ -386,15 +387,13 @@ def main(argv=None) -> int:
     stage_minutes = {stage: round(seconds / 60, 2) for stage, seconds in runner.seconds.items()}
     table = markdown_table(results, args.seeds)
     summed = f", summed over {jobs} jobs" if jobs > 1 else ""
-    summary = (f"preset {args.preset} ({asdict(runner.preset)}), {canvases_name(args.photos)}, pos_enc {args.pos_enc}, "
-               f"color_aug {args.color_aug}, "
-               f"{minutes:.1f} minutes (" + ", ".join(f"{stage} {value:.1f}" for stage, value in stage_minutes.items())
-               + f"{summed})")
+    stages = ", ".join(f"{stage} {value:.1f}" for stage, value in stage_minutes.items())
+    summary = (f"preset {args.preset} ({asdict(runner.preset)}), {canvases_name(photos)}, pos_enc {args.pos_enc}, "
+               f"color_aug {args.color_aug}, {minutes:.1f} minutes ({stages}{summed})")
     (out / "results.md").write_text(f"{table}\n\n{summary}\n")
     (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(runner.preset),
-                                                  "photos": str(args.photos.resolve()) if args.photos else None,
-                                                  "pos_enc": args.pos_enc,
-                                                  "color_aug": args.color_aug,
+                                                  "photos": str(photos) if photos else None,
+                                                  "pos_enc": args.pos_enc, "color_aug": args.color_aug,
                                                   "minutes": minutes, "jobs": jobs,
                                                   "minutes_by_stage": stage_minutes,
                                                   "results": [{"attn": attn, "init": init, **row}
