@@ -159,11 +159,12 @@ def step_similarity_sum(targets: torch.Tensor) -> tuple[torch.Tensor, int]:
     return pair_sum, batch * vectors.shape[2] * steps * (steps - 1)
 
 
-def plateau_warning(val_metrics: dict, pred_step: int, checkpoint) -> str | None:
+def plateau_warning(val_metrics: dict, pred_step: int, checkpoint, color_aug: str) -> str | None:
     """One line when a pretraining checkpoint's last validation sits on the 1/pred_step plateau: top-1 at
     1/pred_step, nine in ten wrong picks or more temporal (right video and position, wrong step) and the targets
     alike across steps (cos 0.95 or more). None otherwise, or when not measured (a checkpoint saved without
-    validation, or from before the measures).
+    validation, or from before the measures). A run pretrained with per-frame colour (`color_aug` "frame", the
+    reference's) is pointed to per-clip colour, the one way off the plateau found on the demo videos.
 
     Finetuning from such weights ended below random initialisation in every run measured where finetuning learned
     at all (two on an H200, one on the CPU; README; on 30 test videos, where it did not, both stayed at chance).
@@ -176,11 +177,14 @@ def plateau_warning(val_metrics: dict, pred_step: int, checkpoint) -> str | None
     top1, temporal, similarity = (val_metrics[key] for key in needed)
     if abs(top1 - 1 / pred_step) > 0.03 or temporal < 0.9 or similarity < 0.95:
         return None
+    way_off = "" if color_aug != "frame" else (
+        ", or pretrain with --color_aug clip: on the demo videos (H200, 128 px) per-clip colour left the plateau after "
+        "about 800 steps where the reference's per-frame colour stayed on it for all 1,500")
     return (f"warning: {checkpoint}: its last validation sits on the pretext's 1/{pred_step} plateau (top1 "
             f"{top1:.4f}, {temporal:.0%} of the wrong picks temporal, targets across steps at cos {similarity:.2f}): "
             "the encoder gives a clip's frames nearly the same output, and finetuning from plateau weights ended "
             f"below random initialisation wherever finetuning learned at all (README); pretrain until the top-1 leaves "
-            f"1/{pred_step}")
+            f"1/{pred_step}{way_off}")
 
 
 class PretextMetrics:

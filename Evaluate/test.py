@@ -119,7 +119,8 @@ def report_plateau(state: dict, checkpoint: str) -> None:
     """Says so when a pretraining checkpoint's last validation sits on the pretext's plateau (cpc.plateau_warning)."""
     if state["kind"] != "cpc":
         return
-    warning = plateau_warning(state.get("val_metrics", {}), state["model_config"]["pred_step"], checkpoint)
+    color_aug = state["args"].get("color_aug", "frame")  # checkpoints from before the flag pretrained per frame
+    warning = plateau_warning(state.get("val_metrics", {}), state["model_config"]["pred_step"], checkpoint, color_aug)
     if warning:
         print(warning)
 

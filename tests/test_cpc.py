@@ -158,18 +158,28 @@ CLIP_COLOUR_100_STEPS = {"loss": 1.6347, "top1": 0.2642, "top3": 0.7798, "top5":
 
 
 def test_only_a_validation_on_the_plateau_warns_that_finetuning_from_it_fares_worse_than_random_weights():
-    warning = plateau_warning(PLATEAU, 3, "run/epoch100.pth.tar")  # finetuned: 17.8% against 41.5% from random
+    warning = plateau_warning(PLATEAU, 3, "run/epoch100.pth.tar", "frame")  # finetuned: 17.8% against 41.5% random
     assert warning.startswith("warning: run/epoch100.pth.tar: its last validation sits on the pretext's 1/3 plateau")
     assert "(top1 0.3333, 94% of the wrong picks temporal, targets across steps at cos 0.99)" in warning
     assert "\n" not in warning
     # Targets as alike, but a top-1 off 1/3 and wrong picks of both kinds: finetuned to 62.0% against 41.5%.
-    assert plateau_warning(CLIP_COLOUR_100_STEPS, 3, "run/epoch2.pth.tar") is None
+    assert plateau_warning(CLIP_COLOUR_100_STEPS, 3, "run/epoch2.pth.tar", "clip") is None
     # The plateau of two predicted steps is at 1/2.
-    assert plateau_warning(PLATEAU, 2, "run/epoch100.pth.tar") is None
-    assert plateau_warning({**PLATEAU, "top1": 0.5}, 2, "run/epoch100.pth.tar").count("1/2 plateau") == 1
+    assert plateau_warning(PLATEAU, 2, "run/epoch100.pth.tar", "frame") is None
+    assert plateau_warning({**PLATEAU, "top1": 0.5}, 2, "run/epoch100.pth.tar", "frame").count("1/2 plateau") == 1
     # Checkpoints saved without a validation, or before the measures existed, say nothing.
-    assert plateau_warning({}, 3, "run/epoch1.pth.tar") is None
-    assert plateau_warning({"loss": 1.1, "top1": 0.3333}, 3, "run/epoch1.pth.tar") is None
+    assert plateau_warning({}, 3, "run/epoch1.pth.tar", "frame") is None
+    assert plateau_warning({"loss": 1.1, "top1": 0.3333}, 3, "run/epoch1.pth.tar", "frame") is None
+
+
+def test_the_plateau_warning_points_a_per_frame_colour_run_to_per_clip_colour():
+    per_frame, per_clip = (plateau_warning(PLATEAU, 3, "run/epoch100.pth.tar", kind) for kind in ("frame", "clip"))
+    assert per_frame.endswith("pretrain until the top-1 leaves 1/3, or pretrain with --color_aug clip: on the demo "
+                              "videos (H200, 128 px) per-clip colour left the plateau after about 800 steps where the "
+                              "reference's per-frame colour stayed on it for all 1,500")
+    # A run that already pretrained per clip has only the first advice.
+    assert per_clip.endswith("pretrain until the top-1 leaves 1/3")
+    assert per_frame.startswith(per_clip)
 
 
 def test_a_clip_of_one_repeated_frame_gives_the_reference_encoder_identical_targets():

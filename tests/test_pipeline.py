@@ -150,18 +150,25 @@ def test_a_checkpoint_on_the_pretext_plateau_is_named_in_a_warning(pretrained, d
     state["val_metrics"].update(top1=0.3333, wrong_temporal=0.9375, step_similarity=0.9932)
     plateau = tmp_path / "plateau.pth.tar"
     torch.save(state, plateau)
+    # The same once more, as if pretrained with per-clip colour: the advice to use it goes.
+    state["args"]["color_aug"] = "clip"
+    plateau_per_clip = tmp_path / "plateau_per_clip.pth.tar"
+    torch.save(state, plateau_per_clip)
+    per_clip_advice = (", or pretrain with --color_aug clip: on the demo videos (H200, 128 px) per-clip colour left "
+                       "the plateau after about 800 steps where the reference's per-frame colour stayed on it for all "
+                       "1,500")
     finetune = [*SMALL, "--epochs", 1, "--log_root", tmp_path, "--pretrain"]
-    for flags, source, warned in ((["--retrieval"], checkpoint, False), (["--retrieval"], plateau, True),
-                                  (finetune, plateau, True)):
+    for flags, source, advice in ((["--retrieval"], checkpoint, None), (["--retrieval"], plateau, per_clip_advice),
+                                  (finetune, plateau, per_clip_advice), (["--retrieval"], plateau_per_clip, "")):
         result = in_process(evaluation.main, *flags, source, "--csv_root", demo_dataset / "csv", "--workers", 1,
                             "--device", "cpu", capsys=capsys)
         assert result.returncode == 0, result.stderr
         warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
-        assert warnings == ([f"warning: {plateau}: its last validation sits on the pretext's 1/3 plateau (top1 "
+        assert warnings == ([f"warning: {source}: its last validation sits on the pretext's 1/3 plateau (top1 "
                              "0.3333, 94% of the wrong picks temporal, targets across steps at cos 0.99): the encoder "
                              "gives a clip's frames nearly the same output, and finetuning from plateau weights ended "
                              "below random initialisation wherever finetuning learned at all (README); pretrain until "
-                             "the top-1 leaves 1/3"] if warned else [])
+                             f"the top-1 leaves 1/3{advice}"] if advice is not None else [])
 
 
 def test_pretraining_choices_are_recorded_and_the_architecture_travels_to_finetuning(demo_dataset, tmp_path, capsys):
