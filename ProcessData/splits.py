@@ -1,6 +1,8 @@
 """Readers for the official split lists (DESIGN.md §5), as released: CRLF endings, trailing spaces and all."""
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 class SplitError(Exception):
@@ -29,6 +31,16 @@ def ucf101_classes(split_root: Path) -> list[str]:
             raise SplitError(f"{path}:{number}: expected '<index> <class>', got {line!r}")
         classes[int(parts[0])] = parts[1]
     return [classes[index] for index in sorted(classes)]
+
+
+def numbers_in_names(split_root: Path, pattern: str) -> list[int]:
+    """The split numbers N of the files in `split_root` whose whole name matches `pattern` (N its one group)."""
+    return sorted({int(match[1]) for path in split_root.glob("*.txt") if (match := re.fullmatch(pattern, path.name))})
+
+
+def ucf101_split_numbers(split_root: Path) -> list[int]:
+    """Splits with a trainlist0N.txt or a testlist0N.txt: UCF101 has 1-3, a dataset in its format may have fewer."""
+    return numbers_in_names(split_root, r"(?:train|test)list(\d+)\.txt")
 
 
 def ucf101_split(split_root: Path, split: int, train: bool) -> list[ListedVideo]:
@@ -63,6 +75,10 @@ def hmdb51_classes(split_root: Path) -> list[str]:
     return names
 
 
+def hmdb51_split_numbers(split_root: Path) -> list[int]:
+    return numbers_in_names(split_root, rf".+{HMDB_SUFFIX}(\d+)\.txt")
+
+
 def hmdb51_split(split_root: Path, split: int, train: bool) -> list[ListedVideo]:
     """<class>_test_split<N>.txt lines '<video>.avi <0|1|2> ': 1 train, 2 test, 0 unused."""
     wanted = "1" if train else "2"
@@ -78,4 +94,12 @@ def hmdb51_split(split_root: Path, split: int, train: bool) -> list[ListedVideo]
     return videos
 
 
-READERS = {"ucf101": (ucf101_classes, ucf101_split), "hmdb51": (hmdb51_classes, hmdb51_split)}
+@dataclass(frozen=True)
+class SplitFormat:
+    classes: Callable[[Path], list[str]]
+    split_numbers: Callable[[Path], list[int]]
+    videos: Callable[[Path, int, bool], list[ListedVideo]]
+
+
+FORMATS = {"ucf101": SplitFormat(ucf101_classes, ucf101_split_numbers, ucf101_split),
+           "hmdb51": SplitFormat(hmdb51_classes, hmdb51_split_numbers, hmdb51_split)}

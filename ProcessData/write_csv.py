@@ -1,4 +1,5 @@
-"""Official split lists + frame folders -> train_split0N.csv / test_split0N.csv and classInd.txt.
+"""Official split lists + frame folders -> train_split0N.csv / test_split0N.csv and classInd.txt, for each split N
+whose lists are in --split_root (UCF101 and HMDB51 have 1-3; a dataset in their format may have fewer).
 
     python ProcessData/write_csv.py --dataset ucf101 --frame_root UCF101/frames --split_root UCF101/ucfTrainTestlist
 
@@ -10,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from ProcessData.splits import READERS, SplitError
+from ProcessData.splits import FORMATS, SplitError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +45,8 @@ def index_split(videos, frame_root: Path) -> tuple[list[tuple[str, int, int]], l
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Write the CSV index of every official split")
-    parser.add_argument("--dataset", required=True, choices=sorted(READERS), help="format of the split lists")
+    parser = argparse.ArgumentParser(description="Write the CSV index of every split whose lists are given")
+    parser.add_argument("--dataset", required=True, choices=sorted(FORMATS), help="format of the split lists")
     parser.add_argument("--frame_root", required=True, type=Path, help="output of extract_frame.py")
     parser.add_argument("--split_root", required=True, type=Path,
                         help="ucfTrainTestlist/ (ucf101) or testTrainMulti_7030_splits/ (hmdb51)")
@@ -59,12 +60,16 @@ def main(argv=None) -> int:
     csv_root = args.csv_root or REPO_ROOT / "ProcessData" / "data" / args.dataset
     if not args.frame_root.is_dir():
         sys.exit(f"error: {args.frame_root}: frame folder not found; run ProcessData/extract_frame.py first")
-    read_classes, read_split = READERS[args.dataset]
+    split_format = FORMATS[args.dataset]
     frame_root = args.frame_root.resolve()
     try:
-        classes = read_classes(args.split_root)
-        tables = {(stage, split): index_split(read_split(args.split_root, split, stage == "train"), frame_root)
-                  for split in (1, 2, 3) for stage in ("train", "test")}
+        classes = split_format.classes(args.split_root)
+        splits = split_format.split_numbers(args.split_root)
+        if not splits:
+            raise SplitError(f"{args.split_root}: no split lists found; --split_root must hold the official lists")
+        tables = {(stage, split): index_split(split_format.videos(args.split_root, split, stage == "train"),
+                                              frame_root)
+                  for split in splits for stage in ("train", "test")}
     except SplitError as error:
         sys.exit(f"error: {error}")
     missing = sorted({name for _, absent in tables.values() for name in absent})
@@ -77,6 +82,8 @@ def main(argv=None) -> int:
         write_split_csv(rows, csv_root / f"{stage}_split{split:02d}.csv")
         absent_note = f", {len(absent)} without frames" if absent else ""
         print(f"{stage}_split{split:02d}.csv: {len(rows)} videos{absent_note}")
+    if splits != [1, 2, 3]:
+        print(f"lists for split {', '.join(map(str, splits))} only in {args.split_root}: no other split's CSVs written")
     if missing:
         print(f"{len(missing)} listed videos have no frame folder under {frame_root} and were left out:")
         for name in missing[:20]:

@@ -1,5 +1,6 @@
 """write_csv.py on excerpts of the official split lists, as released (CRLF, trailing spaces, odd names)."""
 import csv
+import re
 
 import pytest
 
@@ -82,3 +83,37 @@ def test_malformed_split_line_names_file_and_line(tmp_path, official_lists):
     with pytest.raises(SystemExit, match=r"trainlist02.txt:5"):
         write_csv.main(["--dataset", "ucf101", "--frame_root", str(tmp_path / "frames"), "--split_root", str(lists),
                         "--csv_root", str(tmp_path / "csv")])
+
+
+def test_a_dataset_with_the_first_splits_lists_only_gets_that_splits_csvs(tmp_path, official_lists, capsys):
+    frames = tmp_path / "frames"
+    make_frames(frames, "YoYo", "v_YoYo_g08_c01")
+    make_frames(frames, "brush_hair", "Brushing_Her_Hair__[_NEW_AUDIO_]_UPDATED!!!!_brush_hair_h_cm_np1_fr_goo_0")
+    for split in (2, 3):
+        (official_lists["ucfTrainTestlist"] / f"trainlist0{split}.txt").unlink()
+        (official_lists["ucfTrainTestlist"] / f"testlist0{split}.txt").unlink()
+        for lists in official_lists["testTrainMulti_7030_splits"].glob(f"*_test_split{split}.txt"):
+            lists.unlink()
+    for dataset, lists in (("ucf101", "ucfTrainTestlist"), ("hmdb51", "testTrainMulti_7030_splits")):
+        out = tmp_path / dataset
+        assert write_csv.main(["--dataset", dataset, "--frame_root", str(frames), "--split_root",
+                               str(official_lists[lists]), "--csv_root", str(out)]) == 0
+        assert sorted(path.name for path in out.iterdir()) == ["classInd.txt", "test_split01.csv", "train_split01.csv"]
+        assert f"lists for split 1 only in {official_lists[lists]}" in capsys.readouterr().out
+    assert len(read_rows(tmp_path / "ucf101" / "train_split01.csv")) == 1
+    assert len(read_rows(tmp_path / "hmdb51" / "test_split01.csv")) == 1
+
+
+def test_split_lists_without_a_partner_or_without_any_split_name_the_folder(tmp_path, official_lists):
+    lists = official_lists["ucfTrainTestlist"]
+    (tmp_path / "frames").mkdir()
+    args = ["--dataset", "ucf101", "--frame_root", str(tmp_path / "frames"), "--split_root", str(lists),
+            "--csv_root", str(tmp_path / "csv")]
+    (lists / "testlist03.txt").unlink()
+    with pytest.raises(SystemExit, match=r"testlist03.txt: split list not found"):
+        write_csv.main(args)
+    for path in lists.glob("*list0*.txt"):
+        path.unlink()
+    with pytest.raises(SystemExit, match=f"{re.escape(str(lists))}: no split lists found"):
+        write_csv.main(args)
+    assert not (tmp_path / "csv").exists()
