@@ -12,7 +12,8 @@ Everything goes through the same functions as the command lines; finished pieces
 continues where an interrupted one stopped. --compile MODE goes to pretraining, finetuning and retrieval;
 run folders do not name it, so pieces finished without it are reused. --jobs N runs the attentions and seeds
 side by side in N processes (the gpu preset: 2 unless told otherwise). --photos DIR films the demo's camera
-motions over your photographs (make_demo.py --photos), closer to real footage.
+motions over your photographs (make_demo.py --photos), closer to real footage; --csv_root DIR runs the same
+comparison on your own dataset, indexed by write_csv.py, instead of the demo's videos.
 """
 import argparse
 import json
@@ -143,7 +144,7 @@ class Runner:
     """Runs the stages of one experiment with shared flags; every output under `logs`."""
 
     def __init__(self, preset: Preset, csv_root: Path, logs: Path, pos_enc: str, color_aug: str,
-                 compile_mode: str | None = None):
+                 compile_mode: str | None = None, dataset: str = "demo"):
         self.preset = preset
         self.csv_root = csv_root
         self.logs = logs
@@ -151,7 +152,7 @@ class Runner:
         self.color_aug = color_aug
         self.seconds = defaultdict(float)  # wall time per kind of stage: where a preset's budget goes
         self.progress = None  # given a line as each stage ends; runs side by side set it (run_unit_in_process)
-        self.common = ["--csv_root", str(csv_root), "--dataset", "demo", "--img_dim", str(preset.img_dim),
+        self.common = ["--csv_root", str(csv_root), "--dataset", dataset, "--img_dim", str(preset.img_dim),
                        "--batch_size", str(preset.batch_size), "--workers", str(preset.workers), "--device",
                        preset.device, *CLIP, *(["--compile", compile_mode] if compile_mode else [])]
 
@@ -334,10 +335,11 @@ def markdown_table(results: dict, seeds: list[int]) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Pretrained vs random initialisation on the demo dataset")
+    parser = argparse.ArgumentParser(description="Pretrained vs random initialisation on the demo dataset or yours")
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--out", type=Path, default=None,
-                        help="default: experiment_output/<preset>, or <preset>_photos with --photos")
+                        help="default: experiment_output/<preset>, <preset>_photos with --photos, "
+                             "<preset>_<folder name> with --csv_root")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--attn", nargs="+", default=["full", "causal"], choices=ATTENTION_KINDS)
     parser.add_argument("--pos_enc", default="none", choices=POSITION_KINDS)
@@ -355,6 +357,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--photos", type=Path, default=None,
                         help="film the demo videos over random crops of the .jpg/.png photographs in this folder "
                              "(make_demo.py --photos) instead of textured canvases")
+    parser.add_argument("--csv_root", type=Path, default=None,
+                        help="compare on your own dataset instead of the demo's: a folder written by write_csv.py "
+                             "(train_split01.csv, test_split01.csv, classInd.txt); its name names the runs")
     add_compile_flag(parser)  # passed to pretraining, finetuning and retrieval
     return parser.parse_args(argv)
 
@@ -371,14 +376,20 @@ def main(argv=None) -> int:
     jobs = side_by_side_jobs(args.jobs, preset, len(args.attn) * len(args.seeds))
     if preset.device == "cuda" and not torch.cuda.is_available():  # before minutes of making the videos
         sys.exit(f"error: --preset {args.preset} needs a CUDA device and none is visible; --preset cpu runs on the CPU")
+    if args.csv_root and args.photos:
+        sys.exit("error: --csv_root gives the data and --photos films the demo's; give one of them")
     photos = args.photos.resolve() if args.photos else None
-    out = (args.out or REPO_ROOT / "experiment_output" / (args.preset + ("_photos" if photos else ""))).resolve()
+    own_data = args.csv_root.resolve() if args.csv_root else None
+    suffix = "_photos" if photos else f"_{own_data.name}" if own_data else ""
+    out = (args.out or REPO_ROOT / "experiment_output" / (args.preset + suffix)).resolve()
+    data_name = f"dataset {own_data}" if own_data else canvases_name(photos)
     started = time.perf_counter()
     try:
-        csv_root = prepare_dataset(out / "data", preset, photos)
+        csv_root = own_data or prepare_dataset(out / "data", preset, photos)
     except make_demo.DemoError as error:
         sys.exit(f"error: {error}")
-    runner = Runner(share_of_workers(preset, jobs), csv_root, out / "logs", args.pos_enc, args.color_aug, args.compile)
+    runner = Runner(share_of_workers(preset, jobs), csv_root, out / "logs", args.pos_enc, args.color_aug, args.compile,
+                    dataset=own_data.name if own_data else "demo")
     try:
         results = run_experiment(runner, args.attn, args.seeds, jobs)
     except (DataError, CheckpointError, pretraining.TrainingDiverged, ValueError) as error:
@@ -388,11 +399,12 @@ def main(argv=None) -> int:
     table = markdown_table(results, args.seeds)
     summed = f", summed over {jobs} jobs" if jobs > 1 else ""
     stages = ", ".join(f"{stage} {value:.1f}" for stage, value in stage_minutes.items())
-    summary = (f"preset {args.preset} ({asdict(runner.preset)}), {canvases_name(photos)}, pos_enc {args.pos_enc}, "
+    summary = (f"preset {args.preset} ({asdict(runner.preset)}), {data_name}, pos_enc {args.pos_enc}, "
                f"color_aug {args.color_aug}, {minutes:.1f} minutes ({stages}{summed})")
     (out / "results.md").write_text(f"{table}\n\n{summary}\n")
     (out / "results.json").write_text(json.dumps({"preset": args.preset, "settings": asdict(runner.preset),
                                                   "photos": str(photos) if photos else None,
+                                                  "csv_root": str(csv_root),
                                                   "pos_enc": args.pos_enc, "color_aug": args.color_aug,
                                                   "minutes": minutes, "jobs": jobs,
                                                   "minutes_by_stage": stage_minutes,

@@ -167,6 +167,29 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert "pretraining on cpu" not in (tmp_path / "logs" / "full_seed0.txt").read_text()
 
 
+def test_the_comparison_runs_on_a_dataset_of_ones_own_and_makes_no_demo_videos(demo_dataset, tmp_path):
+    csv_root = demo_dataset / "csv"
+    with pytest.raises(SystemExit, match="--csv_root gives the data and --photos films the demo's; give one of them"):
+        experiment.main(["--preset", "smoke", "--csv_root", str(csv_root), "--photos", str(tmp_path)])
+    out = tmp_path / "out"
+    assert experiment.main(["--preset", "smoke", "--seeds", "0", "--attn", "full", "--csv_root", str(csv_root),
+                            "--out", str(out)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["logs", "results.json", "results.md"]
+    report = json.loads((out / "results.json").read_text())
+    assert report["csv_root"] == str(csv_root.resolve())
+    assert {(row["attn"], row["init"]) for row in report["results"]} == {("full", "random"), ("full", "pretrained")}
+    assert f"dataset {csv_root.resolve()}" in (out / "results.md").read_text()
+    # Every stage ran on the given CSVs, named after their folder: the pretraining, and the four finetunings and
+    # probes, each tested on the test split's videos.
+    runs = [path.name for path in out.glob("logs/pretrain/log_*/*")]
+    assert len(runs) == 1 and runs[0].startswith("csv-32_")
+    tested = [json.loads(path.read_text()) for path in out.glob("logs/finetune/**/*.test.json")]
+    videos = len(read_index(csv_root / "test_split01.csv"))
+    assert len(tested) == 4
+    assert {(result["dataset"], result["videos_tested"] + result["videos_skipped"]) for result in tested} == \
+        {("csv", videos)}
+
+
 def test_compile_mode_reaches_every_training_stage(tmp_path):
     """--compile MODE is handed to pretraining, finetuning and retrieval, parsed by their own command lines."""
     args = experiment.parse_args(["--preset", "gpu", "--compile", "reduce-overhead"])
