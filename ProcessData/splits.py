@@ -76,6 +76,7 @@ def hmdb51_classes(split_root: Path) -> list[str]:
 
 
 def hmdb51_split_numbers(split_root: Path) -> list[int]:
+    """Splits with a <class>_test_split<N>.txt; each class must then have one."""
     return numbers_in_names(split_root, rf".+{HMDB_SUFFIX}(\d+)\.txt")
 
 

@@ -82,8 +82,9 @@ def main(argv=None) -> int:
         write_split_csv(rows, csv_root / f"{stage}_split{split:02d}.csv")
         absent_note = f", {len(absent)} without frames" if absent else ""
         print(f"{stage}_split{split:02d}.csv: {len(rows)} videos{absent_note}")
-    if splits != [1, 2, 3]:
-        print(f"lists for split {', '.join(map(str, splits))} only in {args.split_root}: no other split's CSVs written")
+    unlisted = sorted({1, 2, 3} - set(splits))
+    if unlisted:
+        print(f"no lists for split {', '.join(map(str, unlisted))} in {args.split_root}: no CSVs written for it")
     if missing:
         print(f"{len(missing)} listed videos have no frame folder under {frame_root} and were left out:")
         for name in missing[:20]:
