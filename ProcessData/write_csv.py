@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         print(f"{stage}_split{split:02d}.csv: {len(rows)} videos{absent_note}")
     unlisted = sorted({1, 2, 3} - set(splits))
     if unlisted:
-        print(f"no lists for split {', '.join(map(str, unlisted))} in {args.split_root}: no CSVs written for it")
+        print(f"no lists for split {', '.join(map(str, unlisted))} in {args.split_root}: not indexed")
     if missing:
         print(f"{len(missing)} listed videos have no frame folder under {frame_root} and were left out:")
         for name in missing[:20]:

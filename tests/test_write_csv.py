@@ -100,7 +100,7 @@ def test_a_dataset_with_the_first_splits_lists_only_gets_that_splits_csvs(tmp_pa
         assert write_csv.main(["--dataset", dataset, "--frame_root", str(frames), "--split_root",
                                str(official_lists[lists]), "--csv_root", str(out)]) == 0
         assert sorted(path.name for path in out.iterdir()) == ["classInd.txt", "test_split01.csv", "train_split01.csv"]
-        assert f"no lists for split 2, 3 in {official_lists[lists]}: no CSVs written for it" in capsys.readouterr().out
+        assert f"no lists for split 2, 3 in {official_lists[lists]}: not indexed" in capsys.readouterr().out
     assert len(read_rows(tmp_path / "ucf101" / "train_split01.csv")) == 1
     assert len(read_rows(tmp_path / "hmdb51" / "test_split01.csv")) == 1
 
