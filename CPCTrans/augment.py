@@ -2,10 +2,17 @@
 
 Clips arrive as uint8 (B, N, 3, H, W), possibly zero-padded to the largest frame of the batch,
 with each clip's real (height, width). Random parameters are drawn on the CPU (a few numbers
-per clip or frame), then applied to the whole batch at once: one roi_align does every crop and
-resize, colour operations are vectorised over frames with per-frame factors.
+per clip or frame), then applied to the whole batch at once: one roi_align does every crop, colour
+operations are vectorised over frames with per-frame factors.
+
+As in the reference, each crop becomes a 224 x 224 image first, which is then scaled to `img_dim` by
+nearest neighbour (resize "nearest", PIL's NEAREST pixel for pixel); resize "bilinear" instead scales
+the crop box to `img_dim` in one antialiased step. The reference's grayscale ("RandomGray") copies one
+random RGB channel to all three (gray "channel"); gray "luminance" uses the ITU-R 601 weights.
 """
+import math
 from dataclasses import dataclass, replace
+from itertools import accumulate
 
 import torch
 from torchvision.ops import roi_align
@@ -16,11 +23,14 @@ from CPCTrans.data import to_device
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SIZE = 224
+RESIZE_KINDS = ("nearest", "bilinear")
+GRAY_KINDS = ("channel", "luminance")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """What to draw for a clip. `per_frame_color`: grayscale and jitter drawn per frame, not per clip."""
+    """What to draw for a clip and how to apply it. `per_frame_color`: grayscale and jitter drawn per frame, not
+    per clip; `gray` and `resize` as in the module's docstring."""
 
     crop: str  # "random": CROP_SIZE at a uniform position; "random_sized": area/aspect jitter; "center"
     sized_crop_p: float = 1.0
@@ -29,6 +39,8 @@ class Recipe:
     jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, saturation, hue
     jitter_p: float = 0.0
     per_frame_color: bool = False
+    gray: str = "channel"
+    resize: str = "nearest"
 
 
 PRETRAIN = Recipe(crop="random", flip=True, gray_p=0.5, jitter=(0.5, 0.5, 0.5, 0.25), jitter_p=1.0,
@@ -39,19 +51,31 @@ TEST = Recipe(crop="center")
 COLOR_AUG_KINDS = ("frame", "clip")
 
 
-def finetuning_recipes(color_jitter: bool) -> tuple[Recipe, Recipe]:
+def _check(value: str, kinds: tuple[str, ...], what: str) -> None:
+    if value not in kinds:
+        raise ValueError(f"{what} must be one of {kinds}, got {value!r}")
+
+
+def finetuning_recipes(color_jitter: bool, resize: str = "nearest") -> tuple[Recipe, Recipe]:
     """Finetuning's training and validation augmentation, with the reference's colour jitter or with crop and
     flip only."""
-    if color_jitter:
-        return FINETUNE_TRAIN, FINETUNE_VAL
-    return replace(FINETUNE_TRAIN, jitter_p=0.0), replace(FINETUNE_VAL, jitter_p=0.0)
+    _check(resize, RESIZE_KINDS, "resize")
+    jitter_p = {} if color_jitter else {"jitter_p": 0.0}
+    return replace(FINETUNE_TRAIN, resize=resize, **jitter_p), replace(FINETUNE_VAL, resize=resize, **jitter_p)
 
 
-def pretraining_recipe(color_aug: str) -> Recipe:
+def pretraining_recipe(color_aug: str, gray: str = "channel", resize: str = "nearest") -> Recipe:
     """The pretraining augmentation, its grayscale and colour jitter drawn per frame (the reference) or per clip."""
-    if color_aug not in COLOR_AUG_KINDS:
-        raise ValueError(f"colour augmentation must be one of {COLOR_AUG_KINDS}, got {color_aug!r}")
-    return replace(PRETRAIN, per_frame_color=color_aug == "frame")
+    _check(color_aug, COLOR_AUG_KINDS, "colour augmentation")
+    _check(gray, GRAY_KINDS, "grayscale")
+    _check(resize, RESIZE_KINDS, "resize")
+    return replace(PRETRAIN, per_frame_color=color_aug == "frame", gray=gray, resize=resize)
+
+
+def evaluation_recipe(resize: str = "nearest") -> Recipe:
+    """The test view: the centre crop."""
+    _check(resize, RESIZE_KINDS, "resize")
+    return replace(TEST, resize=resize)
 
 
 @dataclass
@@ -61,6 +85,7 @@ class AugmentParams:
     boxes: torch.Tensor  # (B, 4) x1, y1, x2, y2 in pixels
     flip: torch.Tensor  # (B,) bool
     gray: torch.Tensor  # (B, N) bool
+    gray_channel: torch.Tensor  # (B, N) the RGB channel a "channel" grayscale copies
     jitter_on: torch.Tensor  # (B, N) bool
     factors: torch.Tensor  # (B, N, 4) brightness, contrast, saturation, hue shift
     order: torch.Tensor  # (B, N, 4) a permutation of the four jitter operations
@@ -71,9 +96,10 @@ def _uniform(low, high, shape, generator):
 
 
 def _center_boxes(sizes: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    """Centred squares; a half-pixel offset rounds to even, as the reference's round() does."""
     heights, widths = sizes[:, 0].float(), sizes[:, 1].float()
-    x1 = ((widths - side) / 2).floor()
-    y1 = ((heights - side) / 2).floor()
+    x1 = ((widths - side) / 2).round()
+    y1 = ((heights - side) / 2).round()
     return torch.stack([x1, y1, x1 + side, y1 + side], dim=1)
 
 
@@ -85,8 +111,15 @@ def _random_fixed_boxes(sizes: torch.Tensor, generator) -> torch.Tensor:
     return torch.stack([x1, y1, x1 + side, y1 + side], dim=1).float()
 
 
+def _fixed_center_boxes(sizes: torch.Tensor) -> torch.Tensor:
+    """The centre CROP_SIZE square (the short side's, in a smaller frame)."""
+    return _center_boxes(sizes, torch.minimum(torch.full((len(sizes),), CROP_SIZE), sizes.min(dim=1).values).float())
+
+
 def _random_sized_boxes(sizes: torch.Tensor, p: float, generator, attempts: int = 10) -> torch.Tensor:
-    """Area 0.5-1 of the frame, aspect 3/4-4/3, first of `attempts` draws that fits; else the centre square."""
+    """With probability p: area 0.5-1 of the frame, aspect 3/4-4/3, the first of `attempts` draws that fits, or
+    the short side's centre square when none fits; otherwise the centre CROP_SIZE square (the reference's
+    RandomSizedCrop)."""
     count = len(sizes)
     heights, widths = sizes[:, 0:1].float(), sizes[:, 1:2].float()
     area = _uniform(0.5, 1.0, (count, attempts), generator) * heights * widths
@@ -101,9 +134,10 @@ def _random_sized_boxes(sizes: torch.Tensor, p: float, generator, attempts: int 
     x1 = (torch.rand(count, 1, generator=generator) * (widths - crop_w + 1)).floor()
     y1 = (torch.rand(count, 1, generator=generator) * (heights - crop_h + 1)).floor()
     sized = torch.cat([x1, y1, x1 + crop_w, y1 + crop_h], dim=1)
-    fallback = _center_boxes(sizes, torch.minimum(heights, widths).flatten())
-    use_sized = fits.any(dim=1) & (torch.rand(count, generator=generator) < p)
-    return torch.where(use_sized[:, None], sized, fallback)
+    sized = torch.where(fits.any(dim=1, keepdim=True), sized,
+                        _center_boxes(sizes, torch.minimum(heights, widths).flatten()))
+    applied = torch.rand(count, generator=generator) < p
+    return torch.where(applied[:, None], sized, _fixed_center_boxes(sizes))
 
 
 def sample_params(recipe: Recipe, sizes: torch.Tensor, num_frames: int,
@@ -115,8 +149,7 @@ def sample_params(recipe: Recipe, sizes: torch.Tensor, num_frames: int,
     elif recipe.crop == "random_sized":
         boxes = _random_sized_boxes(sizes, recipe.sized_crop_p, generator)
     else:
-        side = torch.minimum(torch.full((count,), CROP_SIZE), sizes.min(dim=1).values).float()
-        boxes = _center_boxes(sizes, side)
+        boxes = _fixed_center_boxes(sizes)
     flip = (torch.rand(count, generator=generator) < 0.5) & recipe.flip
     color_shape = (count, num_frames) if recipe.per_frame_color else (count, 1)
     gray = torch.rand(color_shape, generator=generator) < recipe.gray_p
@@ -127,9 +160,11 @@ def sample_params(recipe: Recipe, sizes: torch.Tensor, num_frames: int,
                            _uniform(max(0.0, 1 - s), 1 + s, color_shape, generator),
                            _uniform(-h, h, color_shape, generator)], dim=-1)
     order = torch.rand((*color_shape, 4), generator=generator).argsort(dim=-1)
+    gray_channel = torch.randint(3, color_shape, generator=generator)
     frames = (count, num_frames)
-    return AugmentParams(boxes=boxes, flip=flip, gray=gray.expand(frames), jitter_on=jitter_on.expand(frames),
-                         factors=factors.expand(*frames, 4), order=order.expand(*frames, 4))
+    return AugmentParams(boxes=boxes, flip=flip, gray=gray.expand(frames), gray_channel=gray_channel.expand(frames),
+                         jitter_on=jitter_on.expand(frames), factors=factors.expand(*frames, 4),
+                         order=order.expand(*frames, 4))
 
 
 def unit_frames(clips: torch.Tensor) -> torch.Tensor:
@@ -150,9 +185,33 @@ def _roi_resize(frames: torch.Tensor, frame_index: torch.Tensor, boxes: torch.Te
     return roi_align(frames, rois, output_size=size, spatial_scale=1.0, sampling_ratio=samples, aligned=True)
 
 
-def crop_resize(frames: torch.Tensor, boxes: torch.Tensor, frames_per_box: int, size: int) -> torch.Tensor:
+def nearest_indices(source: int, size: int) -> torch.Tensor:
+    """For each of `size` output pixels, the one of `source` input pixels PIL's NEAREST takes: floor((i + 0.5) *
+    scale), the positions summed step by step in double precision as PIL sums them (products differ at some sizes,
+    e.g. 224 -> 196)."""
+    scale = source / size
+    return torch.tensor([math.floor(position) for position in accumulate([scale / 2] + [scale] * (size - 1))])
+
+
+def nearest_resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Square images (F, C, S, S) -> (F, C, size, size) by nearest neighbour, PIL's pixels."""
+    index = to_device(nearest_indices(images.shape[-1], size), images.device)
+    return images.index_select(-1, index).index_select(-2, index)
+
+
+def _crops(frames: torch.Tensor, frame_index: torch.Tensor, boxes: torch.Tensor, size: int,
+           resize: str) -> torch.Tensor:
+    """Box i of frame frame_index[i] -> size x size: through a CROP_SIZE image then nearest (resize "nearest"),
+    or in one bilinear step."""
+    if resize == "bilinear" or size == CROP_SIZE:
+        return _roi_resize(frames, frame_index, boxes, size)
+    return nearest_resize(_roi_resize(frames, frame_index, boxes, CROP_SIZE), size)
+
+
+def crop_resize(frames: torch.Tensor, boxes: torch.Tensor, frames_per_box: int, size: int,
+                resize: str = "nearest") -> torch.Tensor:
     """Float frames (B*N, 3, H, W), one CPU box per clip -> (B*N, 3, size, size)."""
-    return _roi_resize(frames, torch.arange(len(frames)), boxes.repeat_interleave(frames_per_box, dim=0), size)
+    return _crops(frames, torch.arange(len(frames)), boxes.repeat_interleave(frames_per_box, dim=0), size, resize)
 
 
 def ten_crop_boxes(sizes: torch.Tensor) -> torch.Tensor:
@@ -165,7 +224,7 @@ def ten_crop_boxes(sizes: torch.Tensor) -> torch.Tensor:
     return torch.stack([*corners, _center_boxes(sizes, side)], dim=1)
 
 
-def ten_crop(clips: torch.Tensor, sizes: torch.Tensor, img_dim: int) -> torch.Tensor:
+def ten_crop(clips: torch.Tensor, sizes: torch.Tensor, img_dim: int, resize: str = "nearest") -> torch.Tensor:
     """Test-time views: uint8 clips (B, N, 3, H, W) -> normalised (B*10, N, 3, img_dim, img_dim), ordered
     (clip, view). Views 0-4 are the ten_crop_boxes crops, views 5-9 the same flipped; crop and flip are
     the same for every frame of a clip."""
@@ -174,8 +233,8 @@ def ten_crop(clips: torch.Tensor, sizes: torch.Tensor, img_dim: int) -> torch.Te
     boxes = ten_crop_boxes(sizes)
     # One roi per (clip, view, frame): frame b*N + n with box (b, v).
     frame_index = (torch.arange(batch)[:, None, None] * steps + torch.arange(steps)[None, None, :]).expand(-1, 5, -1)
-    views = _roi_resize(frames, frame_index.flatten(), boxes[:, :, None].expand(-1, -1, steps, -1).reshape(-1, 4),
-                        img_dim)
+    views = _crops(frames, frame_index.flatten(), boxes[:, :, None].expand(-1, -1, steps, -1).reshape(-1, 4),
+                   img_dim, resize)
     views = views.view(batch, 5, steps, 3, img_dim, img_dim)
     return normalize(torch.cat([views, views.flip(-1)], dim=1)).flatten(0, 1)
 
@@ -213,6 +272,14 @@ def adjust_hue(image: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 def _grayscale(image: torch.Tensor) -> torch.Tensor:
     return TF.rgb_to_grayscale(image, num_output_channels=1)
+
+
+def _gray_frames(frames: torch.Tensor, channel: torch.Tensor | None) -> torch.Tensor:
+    """Frames (F, 3, H, W) -> their grayscale (F, 3, H, W): with `channel` (F,) on the frames' device, that RGB
+    channel copied to all three; without it, luminance."""
+    if channel is None:
+        return _grayscale(frames).expand_as(frames)
+    return frames.gather(1, channel.view(-1, 1, 1, 1).expand(-1, 1, *frames.shape[2:])).expand_as(frames)
 
 
 def _brightness(image, factor):
@@ -258,15 +325,16 @@ def _per_frame(chosen: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> to
     return torch.where(chosen.view(-1, 1, 1, 1), new, old)
 
 
-def fused_colour(frames: torch.Tensor, packed: torch.Tensor, jitter: bool) -> torch.Tensor:
+def fused_colour(frames: torch.Tensor, packed: torch.Tensor, jitter: bool, channel_gray: bool) -> torch.Tensor:
     """Flip, grayscale and colour jitter of cropped frames (F, 3, S, S), with the parameters of
     pack_colour_params: every frame goes through every operation at every position and keeps the result its
     parameters choose. The formulas are apply_params' own, but no shape depends on the draws, so torch.compile
     fuses the lot into a few kernels where apply_params launches some hundred (four times the arithmetic)."""
     flip, gray, jitter_on = (packed[:, column] > 0.5 for column in range(3))
     factors, order = packed[:, 3:7], packed[:, 7:11]
+    channel = packed[:, 11].long() if channel_gray else None
     frames = _per_frame(flip, frames.flip(-1), frames)
-    frames = _per_frame(gray, _grayscale(frames).expand_as(frames), frames)
+    frames = _per_frame(gray, _gray_frames(frames, channel), frames)
     if jitter:
         for position in range(order.shape[1]):
             jittered = frames
@@ -278,11 +346,11 @@ def fused_colour(frames: torch.Tensor, packed: torch.Tensor, jitter: bool) -> to
 
 
 def pack_colour_params(params: AugmentParams, steps: int) -> torch.Tensor:
-    """(B*N, 11) floats on the host, one row per frame: flip, grayscale, jitter on, four factors, four operations
-    in order. One copy takes them to the device."""
+    """(B*N, 12) floats on the host, one row per frame: flip, grayscale, jitter on, four factors, four operations
+    in order, the grayscale's channel. One copy takes them to the device."""
     return torch.cat([params.flip.repeat_interleave(steps)[:, None], params.gray.flatten()[:, None],
                       params.jitter_on.flatten()[:, None], params.factors.flatten(0, 1),
-                      params.order.flatten(0, 1)], dim=1).float()
+                      params.order.flatten(0, 1), params.gray_channel.flatten()[:, None]], dim=1).float()
 
 
 def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recipe: Recipe,
@@ -291,9 +359,11 @@ def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recip
 
     `colour`: fused_colour, or a compiled version of it, to use instead of the per-group operations below."""
     batch, steps = clips.shape[:2]
-    frames = crop_resize(unit_frames(clips), params.boxes, steps, img_dim)
+    frames = crop_resize(unit_frames(clips), params.boxes, steps, img_dim, recipe.resize)
+    channel_gray = recipe.gray == "channel"
     if colour is not None:
-        frames = colour(frames, to_device(pack_colour_params(params, steps), frames.device), recipe.jitter is not None)
+        frames = colour(frames, to_device(pack_colour_params(params, steps), frames.device), recipe.jitter is not None,
+                        channel_gray)
         return normalize(frames).view(batch, steps, 3, img_dim, img_dim)
     flip = params.flip.repeat_interleave(steps)
     if flip.any():
@@ -302,7 +372,8 @@ def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recip
     gray = params.gray.flatten()
     if gray.any():
         index = _device_index(gray, frames.device)
-        frames.index_copy_(0, index, _grayscale(frames.index_select(0, index)).expand(-1, 3, -1, -1))
+        channel = to_device(params.gray_channel.flatten()[gray], frames.device) if channel_gray else None
+        frames.index_copy_(0, index, _gray_frames(frames.index_select(0, index), channel))
     if recipe.jitter is not None:
         frames = color_jitter(frames, params.jitter_on.flatten(), params.factors.flatten(0, 1),
                               params.order.flatten(0, 1))

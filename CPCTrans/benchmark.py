@@ -24,12 +24,12 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 
-from CPCTrans.augment import PRETRAIN, ClipAugment
+from CPCTrans.augment import ClipAugment, pretraining_recipe
 from CPCTrans.cpc import CPCTrans
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, make_loader
 from CPCTrans.main import add_score_products_flag, train_step
 from CPCTrans.prefetch import DeviceBatches
-from CPCTrans.runtime import adam, add_speed_flags, prepare_model, resolve_speed_flags
+from CPCTrans.runtime import adam, add_resize_flag, add_speed_flags, prepare_model, resolve_speed_flags
 from ProcessData.make_demo import CLASSES, camera_video
 
 
@@ -152,6 +152,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="then run --steps more end-to-end steps under torch.profiler: a Chrome trace of every "
                              "thread (and the GPU) to TRACE, gzip-compressed if it ends in .gz, and a table of the "
                              "operations that held the host longest")
+    add_resize_flag(parser, "nearest")
     add_speed_flags(parser)
     add_score_products_flag(parser)
     return parser.parse_args(argv)
@@ -161,7 +162,7 @@ def print_table(result: dict) -> None:
     print(f"device {result['device']}: batch {result['batch_size']}, {result['img_dim']}px, "
           f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, "
           f"cudnn_benchmark={result['cudnn_benchmark']}, score_products={result['score_products']}, "
-          f"decode={result['decode']}, {result['workers']} workers, prefetch {result['prefetch']}")
+          f"resize={result['resize']}, decode={result['decode']}, {result['workers']} workers, prefetch {result['prefetch']}")
     print("| what | clips/s |\n|---|---|")
     for name in ("model_step", "augment", "loader", "end_to_end"):
         print(f"| {name.replace('_', ' ')} | {result[f'{name}_clips_per_s']:.1f} |")
@@ -174,7 +175,8 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     model = CPCTrans(num_seq=args.num_seq, pred_step=args.pred_step)
     step_model = prepare_model(model, device, args.compile).train()
     optimizer = adam(model.parameters(), device, lr=1e-3, weight_decay=1e-5)
-    augmenter = ClipAugment(PRETRAIN, args.img_dim, seed=0, compiled=args.compile is not None)
+    augmenter = ClipAugment(pretraining_recipe("frame", resize=args.resize), args.img_dim, seed=0,
+                            compiled=args.compile is not None)
     clips_needed = args.batch_size * (args.steps + args.warmup)
     dataset = ClipDataset(records * max(1, -(-clips_needed // len(records))), args.num_seq, args.ds,
                           encoded=args.decode == "gpu")
@@ -208,7 +210,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "img_dim": args.img_dim, "batch_size": args.batch_size, "num_seq": args.num_seq, "pred_step": args.pred_step,
         "amp": args.amp, "compile": args.compile, "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "score_products": args.score_products,
+        "score_products": args.score_products, "resize": args.resize,
         "decode": args.decode, "workers": args.workers, "prefetch": args.prefetch,
         **{f"{name}_clips_per_s": round(value, 1) for name, value in per_second.items()},
         "peak_gpu_memory_gib": None if peak is None else round(peak, 3),

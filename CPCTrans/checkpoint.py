@@ -3,8 +3,19 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+
+from CPCTrans.reference_checkpoint import ReferenceFormatError, from_reference, is_reference_checkpoint
+
+# The reference's checkpoints may hold numpy scalars (best_acc). weights_only loading allows the function numpy
+# pickles them with, under numpy 2's and numpy 1's names, and the dtypes of float and integer scalars; nothing else
+# of numpy.
+NUMPY_SCALAR = np.float64(0).__reduce__()[0]
+NUMPY_SCALARS = [np.dtype, (NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
+                 (NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
+                 *(type(np.dtype(kind)) for kind in (np.float16, np.float32, np.float64, np.int32, np.int64))]
 
 
 class CheckpointError(Exception):
@@ -26,17 +37,29 @@ def save_atomic(state: dict, path: Path) -> None:
 
 
 def load(path: str | Path, kind: str | None = None) -> dict:
-    """Reads a checkpoint safely; `kind` ("cpc" or "classifier") is the model it must hold."""
+    """Reads a checkpoint safely; `kind` ("cpc" or "classifier") is the model it must hold.
+
+    A checkpoint of the reference implementation is converted to this repository's layout as it loads, and one
+    line says so, naming the tensors it holds that nothing here uses."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_SCALARS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0]
         raise CheckpointError(f"{path}: refused, it is not a plain tensor checkpoint ({first_line})") from None
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"{path}: unreadable or incomplete checkpoint ({error})") from None
+    if is_reference_checkpoint(state):
+        try:
+            state = from_reference(state)
+        except ReferenceFormatError as error:
+            raise CheckpointError(f"{path}: a checkpoint of the reference implementation, but {error}") from None
+        unused = state["converted_from_reference"]
+        print(f"{path}: converted a {state['kind']} checkpoint of the reference implementation; not used "
+              f"({len(unused)}): {', '.join(unused) or 'none'}")
     if not isinstance(state, dict) or "state_dict" not in state or "kind" not in state:
         raise CheckpointError(f"{path}: not a CPCTrans checkpoint (no 'state_dict' / 'kind')")
     if kind is not None and state["kind"] != kind:

@@ -2,22 +2,31 @@
 import torch
 from torch import nn
 
+GRU_DROPOUT = 0.1  # the reference's dropout on the hidden state after every step
+
 
 class ConvGRU(nn.Module):
-    """One-layer ConvGRU. Input (B, T, C, h, w) -> hidden states (B, T, C_h, h, w)."""
+    """One-layer ConvGRU. Input (B, T, C, h, w) -> hidden states (B, T, C_h, h, w).
 
-    def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 1):
+    Reset and update gates are one convolution (their weights stacked, each block initialised on its own as the
+    reference's two separate convolutions are). Dropout acts on the hidden state after every step, the context
+    steps and the recursive prediction steps alike, as in the reference.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 1, dropout: float = GRU_DROPOUT):
         super().__init__()
         self.hidden_size = hidden_size
         padding = kernel_size // 2
         self.gates = nn.Conv2d(input_size + hidden_size, 2 * hidden_size, kernel_size, padding=padding)
         self.candidate = nn.Conv2d(input_size + hidden_size, hidden_size, kernel_size, padding=padding)
-        init_orthogonal(self)
+        self.dropout = nn.Dropout(dropout)
+        init_orthogonal(self, stacked={"gates.weight": 2})
 
     def step(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The hidden state after input `x` (B, C, h, w), dropout applied."""
         reset, update = torch.sigmoid(self.gates(torch.cat([x, hidden], dim=1))).chunk(2, dim=1)
         candidate = torch.tanh(self.candidate(torch.cat([x, reset * hidden], dim=1)))
-        return (1 - update) * hidden + update * candidate
+        return self.dropout((1 - update) * hidden + update * candidate)
 
     def forward(self, x: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
         batch, steps, _, height, width = x.shape
@@ -30,10 +39,19 @@ class ConvGRU(nn.Module):
         return torch.stack(states, dim=1)
 
 
-def init_orthogonal(module: nn.Module) -> None:
-    """The reference's init for the Transformer, ConvGRU and predictor: orthogonal weights, zero biases."""
+def init_orthogonal(module: nn.Module, stacked: dict[str, int] | None = None) -> None:
+    """The reference's init for the Transformer, ConvGRU and predictor: orthogonal weights, zero biases.
+
+    `stacked` maps the end of a parameter's name to the number of weight matrices stacked in it (attention's q, k
+    and v; the GRU's reset and update gates): each is made orthogonal on its own, as the reference's separate
+    layers are. One orthogonal matrix over the stack would give each part rows of norm sqrt(parts) smaller.
+    """
+    stacked = stacked or {}
     for name, param in module.named_parameters():
         if name.endswith("bias"):
             nn.init.zeros_(param)
         elif param.dim() >= 2:
-            nn.init.orthogonal_(param)
+            parts = next((count for suffix, count in stacked.items() if name.endswith(suffix)), 1)
+            with torch.no_grad():
+                for block in param.chunk(parts, dim=0):
+                    nn.init.orthogonal_(block)

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from CPCTrans.convgru import ConvGRU, init_orthogonal
+from CPCTrans.convgru import GRU_DROPOUT, ConvGRU, init_orthogonal
 from CPCTrans.encoder import VideoEncoder
 
 # Kinds of entries in the score matrix (DESIGN.md §2.7).
@@ -17,16 +17,17 @@ class CPCTrans(nn.Module):
     kind = "cpc"
 
     def __init__(self, net: str = "resnet18", num_seq: int = 5, pred_step: int = 3, attn: str = "full",
-                 pos_enc: str = "none"):
+                 pos_enc: str = "none", gru_dropout: float = GRU_DROPOUT):
         super().__init__()
         if not 0 < pred_step < num_seq:
             raise ValueError(f"--pred_step must be between 1 and --num_seq - 1, "
                              f"got {pred_step} with --num_seq {num_seq}")
-        self.config = {"net": net, "num_seq": num_seq, "pred_step": pred_step, "attn": attn, "pos_enc": pos_enc}
+        self.config = {"net": net, "num_seq": num_seq, "pred_step": pred_step, "attn": attn, "pos_enc": pos_enc,
+                       "gru_dropout": gru_dropout}
         self.pred_step = pred_step
         self.encoder = VideoEncoder(net, attn, pos_enc)
         width = self.encoder.width
-        self.agg = ConvGRU(width, width)
+        self.agg = ConvGRU(width, width, dropout=gru_dropout)
         self.predictor = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Conv2d(width, width, 1))
         init_orthogonal(self.predictor)
 
@@ -43,6 +44,13 @@ class CPCTrans(nn.Module):
             if step + 1 < self.pred_step:
                 hidden = self.agg.step(torch.relu(prediction), hidden)
         return torch.stack(predictions, dim=1), targets
+
+    def train_mode(self, train_what: str) -> None:
+        """Training mode; a frozen ResNet trunk (--train_what last) stays in eval mode, its BatchNorm statistics
+        fixed as its weights are."""
+        self.train()
+        if train_what == "last":
+            self.encoder.backbone.eval()
 
 
 SCORE_PRODUCTS = ("fp32", "bf16-split")

@@ -76,6 +76,18 @@ def clip_indices(start: int, num_seq: int, ds: int) -> list[int]:
     return [start + step * ds for step in range(num_seq)]
 
 
+VAL_SUBSET_SEED = 0  # not --seed: runs of every seed validate on the same videos, and their numbers compare
+
+
+def sample_videos(records: list[VideoRecord], fraction: float, seed: int = VAL_SUBSET_SEED) -> list[VideoRecord]:
+    """A fixed random `fraction` of `records` (at least one), kept in their CSV order."""
+    if fraction >= 1:
+        return records
+    count = max(1, round(fraction * len(records)))
+    chosen = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    return [records[index] for index in chosen.tolist()]
+
+
 def window_starts(num_frames: int, num_seq: int, ds: int) -> list[int]:
     """Test time: frames 0, ds, 2ds, ... cut into consecutive non-overlapping windows of `num_seq`."""
     sampled = (num_frames + ds - 1) // ds
@@ -126,17 +138,19 @@ class ClipDataset(Dataset):
     to be decoded on the GPU by `clips_to_device`.
     replace_bad=True: a clip that cannot be read is replaced by the next readable one, and the
     item carries what went wrong (training); otherwise the DataError propagates.
-    Videos shorter than num_seq * ds frames are left out and counted in `num_skipped`.
+    Videos shorter than num_seq * ds frames are left out and counted in `num_skipped`; `fraction` < 1 keeps a
+    fixed random share of the others (sample_videos: the reference's validation subsets).
     Items are (frames, label, video index, problems).
     """
 
     MAX_REPLACEMENTS = 10
 
     def __init__(self, records: list[VideoRecord], num_seq: int, ds: int, windows: bool = False,
-                 encoded: bool = False, replace_bad: bool = False):
+                 encoded: bool = False, replace_bad: bool = False, fraction: float = 1.0):
         self.num_seq, self.ds, self.encoded, self.replace_bad = num_seq, ds, encoded, replace_bad
-        self.videos = [r for r in records if clip_start_range(r.num_frames, num_seq, ds) > 0]
-        self.num_skipped = len(records) - len(self.videos)
+        long_enough = [r for r in records if clip_start_range(r.num_frames, num_seq, ds) > 0]
+        self.num_skipped = len(records) - len(long_enough)
+        self.videos = sample_videos(long_enough, fraction)
         if windows:
             self.items = [(video, start) for video, record in enumerate(self.videos)
                           for start in window_starts(record.num_frames, num_seq, ds)]
@@ -331,24 +345,32 @@ class BadSamples:
 
 
 def split_dataset(path: Path, num_classes: int, num_seq: int, ds: int, windows: bool = False,
-                  encoded: bool = False, replace_bad: bool = False) -> ClipDataset:
-    """The ClipDataset of one split CSV; says how many videos were too short, refuses a split with none left."""
+                  encoded: bool = False, replace_bad: bool = False, fraction: float = 1.0) -> ClipDataset:
+    """The ClipDataset of one split CSV (a fixed `fraction` of its videos); says how many videos were too short
+    and how many a fraction kept, refuses a split with none left."""
     records = read_index(path, num_classes)
-    dataset = ClipDataset(records, num_seq, ds, windows=windows, encoded=encoded, replace_bad=replace_bad)
+    dataset = ClipDataset(records, num_seq, ds, windows=windows, encoded=encoded, replace_bad=replace_bad,
+                          fraction=fraction)
     if dataset.num_skipped:
         print(f"{path.name}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
               f"num_seq * ds = {num_seq * ds} frames")
+    if fraction < 1:
+        print(f"{path.name}: using a fixed {fraction:g} of its videos, {len(dataset.videos)} of "
+              f"{len(records) - dataset.num_skipped} (--val_fraction)")
     if len(dataset) == 0:
         raise DataError(f"{path}: no video has {num_seq * ds} frames; lower --num_seq or --ds")
     return dataset
 
 
 def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool, device: torch.device,
-                seed: int = 0) -> DataLoader:
-    """Batches of `dataset`; the loader's `sampler` is an EpochSampler (call its set_epoch each epoch)."""
+                seed: int = 0, drop_last: bool | None = None) -> DataLoader:
+    """Batches of `dataset`, shuffled when `train`; the loader's `sampler` is an EpochSampler (call its set_epoch
+    each epoch). A last smaller batch is dropped when `drop_last` (by default when `train`), unless it is the
+    only one."""
+    drop_last = train if drop_last is None else drop_last
     pinned = device.type == "cuda" and not dataset.encoded
     prefetch_factor = 4 if workers > 0 else None
     collate = ReusedSharedBatches(prefetch_factor + 2) if pinned and workers > 0 else collate_clips
     return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), train, seed),
-                      drop_last=train and len(dataset) >= batch_size, num_workers=workers, collate_fn=collate,
+                      drop_last=drop_last and len(dataset) >= batch_size, num_workers=workers, collate_fn=collate,
                       pin_memory=pinned, persistent_workers=workers > 0, prefetch_factor=prefetch_factor)

@@ -85,7 +85,7 @@ class VideoEncoder(nn.Module):
                                            batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(width),
                                                  enable_nested_tensor=False)
-        init_orthogonal(self.transformer)
+        init_orthogonal(self.transformer, stacked={"in_proj_weight": 3})  # q, k, v
         self.channels_last = False
 
     @property

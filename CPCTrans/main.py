@@ -12,8 +12,9 @@ import torch
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from CPCTrans.augment import COLOR_AUG_KINDS, ClipAugment, denormalize, pretraining_recipe
+from CPCTrans.augment import COLOR_AUG_KINDS, GRAY_KINDS, ClipAugment, denormalize, pretraining_recipe
 from CPCTrans.checkpoint import CheckpointError, load_pretrained, training_state
+from CPCTrans.convgru import GRU_DROPOUT
 from CPCTrans.cpc import (SCORE_PRODUCTS, CPCTrans, PretextMetrics, contrastive_loss, dense_scores, plateau_warning,
                          reverse_future)
 from CPCTrans.data import BadSamples, DataError, make_loader, read_class_names, split_dataset
@@ -21,9 +22,10 @@ from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, best_after, check_img_dim,
-                              csv_root, prepare_model, resolve_speed_flags, run_folder, save_epoch, saved_as, saves,
-                              speed_summary, split_csv, stage_writers, user_error, validates)
+from CPCTrans.runtime import (REPO_ROOT, adam, add_gru_dropout_flag, add_resize_flag, add_run_flags, add_speed_flags,
+                              autocast, best_after, check_img_dim, csv_root, fraction, prepare_model,
+                              resolve_speed_flags, run_folder, save_epoch, saved_as, saves, speed_summary, split_csv,
+                              stage_writers, user_error, validates)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--net", default="resnet18", choices=["resnet18"])
     parser.add_argument("--model", default="cpc-trans", choices=["cpc-trans"])
     parser.add_argument("--dataset", default="ucf101", help="name of the folder of CSVs under ProcessData/data/")
-    parser.add_argument("--split", default=1, type=int, choices=[1, 2, 3])
+    parser.add_argument("--split", default=1, type=int, choices=[1, 2, 3],
+                        help="the split whose training list is pretrained on (the published weights used 3)")
     parser.add_argument("--num_seq", default=5, type=int, help="frames per clip")
     parser.add_argument("--pred_step", default=3, type=int, help="frames to predict")
     parser.add_argument("--ds", default=3, type=int, help="frame stride")
@@ -46,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reset_lr", action="store_true", help="on resume, start a fresh optimiser at --lr")
     parser.add_argument("--prefix", default="tmp", help="logs go to <log_root>/log_<prefix>/")
     parser.add_argument("--train_what", default="all", choices=["all", "last"],
-                        help="last: freeze the ResNet trunk")
+                        help="last: freeze the ResNet trunk (its BatchNorm statistics too)")
     parser.add_argument("--img_dim", default=128, type=int)
     add_run_flags(parser, REPO_ROOT / "CPCTrans")
     add_speed_flags(parser)
@@ -58,6 +61,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--color_aug", default="frame", choices=COLOR_AUG_KINDS,
                         help="frame: grayscale and colour jitter drawn per frame (the reference); clip: once per clip, "
                              "which left the pretext's 1/3 plateau on the demo videos where frame did not (README)")
+    parser.add_argument("--gray", default="channel", choices=GRAY_KINDS,
+                        help="channel: the reference's grayscale, one random RGB channel copied to all three; "
+                             "luminance: a true grayscale")
+    add_resize_flag(parser, "nearest")
+    add_gru_dropout_flag(parser)
+    parser.add_argument("--val_fraction", default=0.3, type=fraction,
+                        help="validate on this fixed random share of the test split's videos (the reference's 0.3)")
+    parser.add_argument("--diagnose_future", action="store_true",
+                        help="validation also scores each clip with its predicted frames reversed (one more forward "
+                             "pass per batch) and reports that top-1")
     add_score_products_flag(parser)
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
@@ -78,6 +91,12 @@ def run_name(args: argparse.Namespace) -> str:
         name += f"_pos-{args.pos_enc}"
     if args.color_aug != "frame":
         name += f"_color-{args.color_aug}"
+    if args.gray != "channel":
+        name += f"_gray-{args.gray}"
+    if args.resize != "nearest":
+        name += f"_resize-{args.resize}"
+    if args.gru_dropout != GRU_DROPOUT:
+        name += f"_grudp{args.gru_dropout}"
     if args.pretrain:
         name += "_pt=" + Path(args.pretrain).name
     return name
@@ -87,9 +106,13 @@ def build_loaders(args, device):
     num_classes = len(read_class_names(csv_root(args) / "classInd.txt"))
     loaders = {}
     for stage, csv_name in (("train", "train"), ("val", "test")):
+        training = stage == "train"
         dataset = split_dataset(split_csv(args, csv_name), num_classes, args.num_seq, args.ds,
-                                encoded=args.decode == "gpu", replace_bad=True)
-        loaders[stage] = make_loader(dataset, args.batch_size, args.workers, stage == "train", device, args.seed)
+                                encoded=args.decode == "gpu", replace_bad=True,
+                                fraction=1.0 if training else args.val_fraction)
+        # Validation drops its last smaller batch too: fewer videos give fewer negatives, and a higher top-1.
+        loaders[stage] = make_loader(dataset, args.batch_size, args.workers, training, device, args.seed,
+                                     drop_last=True)
     return loaders
 
 
@@ -127,12 +150,16 @@ def check_finite(summary: dict, epoch: int, step: int) -> None:
                                f"epoch was saved, the last epoch checkpoint is intact; lower --lr and resume from it")
 
 
-def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samples, writer=None, first_step=0,
-              stop=None):
+def run_epoch(model, step_model, loader, augmenter, optimizer, device, epoch, args, bad_samples, writer=None,
+              first_step=0, stop=None):
     """One pass over `loader`, whose first `first_step` steps were done before a resume; trains when an
-    optimizer is given. Stops early when `stop.requested`. Returns (metrics, steps done in the epoch)."""
+    optimizer is given. Stops early when `stop.requested`. `step_model` is `model` or its compiled version.
+    Returns (metrics, steps done in the epoch)."""
     training = optimizer is not None
-    model.train(training)
+    if training:
+        model.train_mode(args.train_what)
+    else:
+        model.eval()
     metrics = PretextMetrics(step_similarity=not training)
     steps_per_epoch = first_step + len(loader)
     stage = "train" if training else "val"
@@ -145,19 +172,20 @@ def run_epoch(model, loader, augmenter, optimizer, device, epoch, args, bad_samp
             if batch.problems:
                 bad_samples.add(batch.problems)
             if training:
-                loss, scores, targets = train_step(model, optimizer, batch.inputs, device, args.amp,
+                loss, scores, targets = train_step(step_model, optimizer, batch.inputs, device, args.amp,
                                                    args.score_products)
             else:
                 with torch.no_grad():
-                    loss, scores, targets = pretext_loss(model, batch.inputs, device, args.amp, args.score_products)
+                    loss, scores, targets = pretext_loss(step_model, batch.inputs, device, args.amp,
+                                                         args.score_products)
             if training and epoch == 0 and step == 0:
                 writer.add_image("input_clip", make_grid(denormalize(batch.inputs[0].float()),
                                                          nrow=batch.inputs.shape[1]), epoch)
             metrics.update(loss, scores, targets)
-            if not training and args.pred_step > 1:
+            if not training and args.diagnose_future and args.pred_step > 1:
                 # After update(): a CUDA-graph replay (--compile reduce-overhead) reuses the first pass's outputs.
-                metrics.update_reversed(reversed_future_scores(model, batch.inputs, args.pred_step, device, args.amp,
-                                                               args.score_products))
+                metrics.update_reversed(reversed_future_scores(step_model, batch.inputs, args.pred_step, device,
+                                                               args.amp, args.score_products))
             step += 1
             if step % args.print_freq == 0:
                 summary = metrics.summary()
@@ -200,7 +228,7 @@ def train(args: argparse.Namespace) -> Path:
     loaders = build_loaders(args, device)
 
     torch.manual_seed(args.seed)
-    model = CPCTrans(args.net, args.num_seq, args.pred_step, args.attn, args.pos_enc)
+    model = CPCTrans(args.net, args.num_seq, args.pred_step, args.attn, args.pos_enc, args.gru_dropout)
     if args.pretrain:
         print(load_pretrained(model, args.pretrain))
     if args.train_what == "last":
@@ -215,7 +243,7 @@ def train(args: argparse.Namespace) -> Path:
     best_acc, start_step, resume_rng = resume_training(args, model, model.config, optimizer, scheduler,
                                                        model_dir)
 
-    recipe = pretraining_recipe(args.color_aug)
+    recipe = pretraining_recipe(args.color_aug, args.gray, args.resize)
     augmenters = {stage: ClipAugment(recipe, args.img_dim, compiled=args.compile is not None)
                   for stage in ("train", "val")}
     bad_samples = BadSamples(args.max_bad_samples)
@@ -227,8 +255,9 @@ def train(args: argparse.Namespace) -> Path:
         for epoch in range(args.start_epoch, args.epochs):
             skip = start_step if epoch == args.start_epoch else 0
             begin_epoch(loaders["train"], augmenters["train"], args.seed, epoch, skip, resume_rng, device)
-            train_metrics, steps = run_epoch(step_model, loaders["train"], augmenters["train"], optimizer, device,
-                                             epoch, args, bad_samples, writers["train"], first_step=skip, stop=stop)
+            train_metrics, steps = run_epoch(model, step_model, loaders["train"], augmenters["train"], optimizer,
+                                             device, epoch, args, bad_samples, writers["train"], first_step=skip,
+                                             stop=stop)
             if steps < skip + len(loaders["train"]):
                 rng = rng_snapshot(augmenters["train"], device)
                 state = training_state(model, model.config, optimizer, scheduler, args, epoch, steps, best_acc, rng)
@@ -237,8 +266,8 @@ def train(args: argparse.Namespace) -> Path:
             val_metrics = {}
             if validates(args, epoch):
                 begin_validation(loaders["val"], augmenters["val"], args.seed, epoch)
-                val_metrics, _ = run_epoch(step_model, loaders["val"], augmenters["val"], None, device, epoch, args,
-                                           bad_samples)
+                val_metrics, _ = run_epoch(model, step_model, loaders["val"], augmenters["val"], None, device, epoch,
+                                           args, bad_samples)
             scheduler.step()
             for stage, metrics in (("train", train_metrics), ("val", val_metrics)):
                 for key, value in metrics.items():

@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 from tensorboardX import SummaryWriter
 
+from CPCTrans.augment import RESIZE_KINDS
 from CPCTrans.checkpoint import save_atomic
+from CPCTrans.convgru import GRU_DROPOUT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +126,24 @@ def add_run_flags(parser, log_root: Path) -> None:
                         help="write the epoch checkpoint every N epochs, after the last and when stopped (an epoch "
                              "validated best is always kept as model_best); a run killed outright resumes from the "
                              "last one written")
+
+
+def add_resize_flag(parser, default: str | None) -> None:
+    parser.add_argument("--resize", default=default, choices=RESIZE_KINDS,
+                        help="nearest (the reference): each crop becomes 224x224, then --img_dim by nearest neighbour; "
+                             "bilinear: the crop scaled to --img_dim in one antialiased step")
+
+
+def add_gru_dropout_flag(parser) -> None:
+    parser.add_argument("--gru_dropout", default=GRU_DROPOUT, type=float,
+                        help="dropout on the ConvGRU's hidden state after every step (the reference's 0.1)")
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from CPCTrans.convgru import ConvGRU, init_orthogonal
+from CPCTrans.convgru import GRU_DROPOUT, ConvGRU, init_orthogonal
 from CPCTrans.encoder import VideoEncoder
 
 TRAIN_WHAT = ("ft", "all", "last")
@@ -17,12 +17,13 @@ class VideoClassifier(nn.Module):
     kind = "classifier"
 
     def __init__(self, num_classes: int, net: str = "resnet18", attn: str = "full", pos_enc: str = "none",
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, gru_dropout: float = GRU_DROPOUT):
         super().__init__()
-        self.config = {"net": net, "num_classes": num_classes, "attn": attn, "pos_enc": pos_enc, "dropout": dropout}
+        self.config = {"net": net, "num_classes": num_classes, "attn": attn, "pos_enc": pos_enc, "dropout": dropout,
+                       "gru_dropout": gru_dropout}
         self.encoder = VideoEncoder(net, attn, pos_enc)
         width = self.encoder.width
-        self.agg = ConvGRU(width, width)
+        self.agg = ConvGRU(width, width, dropout=gru_dropout)
         self.final_bn = nn.BatchNorm1d(width)
         self.final_fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
         init_orthogonal(self.final_fc)

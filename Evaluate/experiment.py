@@ -178,6 +178,8 @@ class Runner:
                                        # must not continue each other.
                                        "--prefix", f"seed{seed}_epochs{self.preset.pretrain_epochs}",
                                        "--val_freq", every, "--save_freq", every,
+                                       # The table's pretext columns: over every test video, future reversed too.
+                                       "--val_fraction", "1", "--diagnose_future",
                                        "--log_root", str(self.logs / "pretrain")])
         model_dir = run_folder(args, pretraining.run_name(args)) / "model"
         with self.timed("pretraining"):

@@ -17,17 +17,19 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from CPCTrans.augment import TEST, ClipAugment, finetuning_recipes, ten_crop
+from CPCTrans.augment import ClipAugment, evaluation_recipe, finetuning_recipes, ten_crop
 from CPCTrans.checkpoint import CheckpointError, load, load_pretrained, training_state
+from CPCTrans.convgru import GRU_DROPOUT
 from CPCTrans.cpc import plateau_warning
 from CPCTrans.data import BadSamples, ClipDataset, DataError, make_loader, read_class_names, split_dataset
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import (REPO_ROOT, adam, add_run_flags, add_speed_flags, autocast, best_after, check_img_dim,
-                              csv_root, prepare_model, resolve_speed_flags, run_folder, save_epoch, saved_as, saves,
-                              speed_summary, split_csv, stage_writers, user_error, validates)
+from CPCTrans.runtime import (REPO_ROOT, adam, add_gru_dropout_flag, add_resize_flag, add_run_flags, add_speed_flags,
+                              autocast, best_after, check_img_dim, csv_root, fraction, prepare_model,
+                              resolve_speed_flags, run_folder, save_epoch, saved_as, saves, speed_summary, split_csv,
+                              stage_writers, user_error, validates)
 from Evaluate.classifier import TRAIN_WHAT, VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 from Evaluate.feature_probe import feature_probe_top1
@@ -35,7 +37,10 @@ from Evaluate.retrieval import recall_at_k, video_features
 from Evaluate.video_mean import VideoMean
 
 # Finetuning defaults; --test takes what it is not given from the checkpoint.
-DATA_DEFAULTS = {"dataset": "ucf101", "split": 1, "num_seq": 5, "ds": 3, "img_dim": 128}
+DATA_DEFAULTS = {"dataset": "ucf101", "split": 1, "num_seq": 5, "ds": 3, "img_dim": 128, "resize": "nearest"}
+# The reference validates finetuning on a fixed share of the test split: more of HMDB51's, which is smaller.
+VAL_FRACTIONS = {"hmdb51": 0.4}
+VAL_FRACTION = 0.3
 # The reference's architecture; a checkpoint's model_config overrides it.
 ARCHITECTURE_DEFAULTS = {"attn": "full", "pos_enc": "none"}
 
@@ -74,6 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "--train_what last: a frozen encoder cannot learn to ignore colour, so a linear probe "
                              "trains on crops and flips only, as linear evaluations commonly do (README)")
     parser.add_argument("--img_dim", default=None, type=int, help="default 128")
+    add_resize_flag(parser, None)
+    add_gru_dropout_flag(parser)
+    parser.add_argument("--val_fraction", default=None, type=fraction,
+                        help="validate finetuning on this fixed random share of the test split's videos (default: "
+                             "the reference's 0.3, 0.4 for hmdb51); --test and --retrieval use every video")
     add_run_flags(parser, REPO_ROOT / "Evaluate")
     add_speed_flags(parser)
     parser.add_argument("--attn", default=None, choices=ATTENTION_KINDS,
@@ -96,6 +106,16 @@ def fill_data_flags(args: argparse.Namespace, saved: dict | None = None) -> None
     for key, default in DATA_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, (saved or {}).get(key, default))
+    if args.val_fraction is None:
+        args.val_fraction = VAL_FRACTIONS.get(args.dataset, VAL_FRACTION)
+
+
+def require_clip_flags(args: argparse.Namespace, state: dict, checkpoint: str) -> None:
+    """A checkpoint of the reference implementation records neither the clip length nor the image size."""
+    missing = [f"--{key}" for key in ("num_seq", "img_dim") if getattr(args, key) is None]
+    if "converted_from_reference" in state and missing:
+        raise CheckpointError(f"{checkpoint}: a checkpoint of the reference implementation does not record "
+                              f"{' or '.join(missing)}; give {' and '.join(missing)} as it was trained with")
 
 
 def architecture(args: argparse.Namespace, config: dict | None, checkpoint: str) -> dict:
@@ -117,18 +137,18 @@ def class_names(args) -> list[str]:
 
 def report_plateau(state: dict, checkpoint: str) -> None:
     """Says so when a pretraining checkpoint's last validation sits on the pretext's plateau (cpc.plateau_warning)."""
-    if state["kind"] != "cpc":
+    if state["kind"] != "cpc" or not state.get("val_metrics"):
         return
     color_aug = state["args"].get("color_aug", "frame")  # checkpoints from before the flag pretrained per frame
-    warning = plateau_warning(state.get("val_metrics", {}), state["model_config"]["pred_step"], checkpoint, color_aug)
+    warning = plateau_warning(state["val_metrics"], state["model_config"]["pred_step"], checkpoint, color_aug)
     if warning:
         print(warning)
 
 
-def clip_dataset(stage: str, args, num_classes: int, windows: bool) -> ClipDataset:
+def clip_dataset(stage: str, args, num_classes: int, windows: bool, fraction: float = 1.0) -> ClipDataset:
     """Training and validation replace unreadable clips; testing (windows) must read every one."""
     return split_dataset(split_csv(args, stage), num_classes, args.num_seq, args.ds, windows=windows,
-                         encoded=args.decode == "gpu", replace_bad=not windows)
+                         encoded=args.decode == "gpu", replace_bad=not windows, fraction=fraction)
 
 
 def run_epoch(model, step_model, loader, augmenter, optimizer, device, args, epoch, writer, bad_samples,
@@ -185,6 +205,10 @@ def run_name(args) -> str:
     # Names the departure from the reference's augmentation: runs from before the flag had jitter on.
     if args.color_jitter == "off":
         name += "_jitter-off"
+    if args.resize != "nearest":
+        name += f"_resize-{args.resize}"
+    if args.gru_dropout != GRU_DROPOUT:
+        name += f"_grudp{args.gru_dropout}"
     # A random init's architecture is its flags' (a checkpoint's is in its name); defaults keep the plain name.
     for key, default in ARCHITECTURE_DEFAULTS.items():
         if args.pretrain == "random" and getattr(args, key) not in (None, default):
@@ -203,12 +227,14 @@ def finetune(args: argparse.Namespace) -> Path:
     device = resolve_speed_flags(args)
     classes = class_names(args)
     pretrained = load(args.pretrain, "cpc") if args.pretrain != "random" else None
-    loaders = {stage: make_loader(clip_dataset(csv_name, args, len(classes), windows=False),
+    loaders = {stage: make_loader(clip_dataset(csv_name, args, len(classes), windows=False,
+                                               fraction=1.0 if stage == "train" else args.val_fraction),
                                   args.batch_size, args.workers, stage == "train", device, args.seed)
                for stage, csv_name in (("train", "train"), ("val", "test"))}
 
     model = VideoClassifier(len(classes), args.net, **architecture(args, pretrained and pretrained["model_config"],
-                                                                   args.pretrain), dropout=args.dropout)
+                                                                   args.pretrain), dropout=args.dropout,
+                            gru_dropout=args.gru_dropout)
     if pretrained is not None:
         print(load_pretrained(model, args.pretrain, pretrained))
         report_plateau(pretrained, args.pretrain)
@@ -216,13 +242,13 @@ def finetune(args: argparse.Namespace) -> Path:
     optimizer = adam(model.param_groups(args.train_what, args.lr), device, args.lr, args.wd)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.1)
     config = {**model.config, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
-              "dataset": args.dataset, "split": args.split}
+              "resize": args.resize, "dataset": args.dataset, "split": args.split}
 
     run_dir = run_folder(args, run_name(args))
     model_dir = run_dir / "model"
     best_acc, start_step, resume_rng = resume_training(args, model, config, optimizer, scheduler, model_dir)
 
-    train_recipe, val_recipe = finetuning_recipes(args.color_jitter == "on")
+    train_recipe, val_recipe = finetuning_recipes(args.color_jitter == "on", args.resize)
     compiled = args.compile is not None
     augmenters = {"train": ClipAugment(train_recipe, args.img_dim, compiled=compiled),
                   "val": ClipAugment(val_recipe, args.img_dim, compiled=compiled)}
@@ -267,6 +293,7 @@ def finetune(args: argparse.Namespace) -> Path:
 def test(args: argparse.Namespace) -> dict:
     state = load(args.test, "classifier")
     config = state["model_config"]
+    require_clip_flags(args, state, args.test)
     fill_data_flags(args, config)
     device = resolve_speed_flags(args)
     classes = class_names(args)
@@ -281,7 +308,8 @@ def test(args: argparse.Namespace) -> dict:
     model.eval()
     step_model = prepare_model(model, device, args.compile)
     views = 10 if args.ten_crop else 1
-    transform = partial(ten_crop, img_dim=args.img_dim) if args.ten_crop else ClipAugment(TEST, args.img_dim)
+    transform = (partial(ten_crop, img_dim=args.img_dim, resize=args.resize) if args.ten_crop
+                 else ClipAugment(evaluation_recipe(args.resize), args.img_dim))
 
     num_videos = len(dataset.videos)
     probabilities = VideoMean(num_videos, device)
@@ -325,6 +353,8 @@ def retrieve(args: argparse.Namespace) -> dict:
     features also get a linear probe fitted to convergence (Evaluate.feature_probe)."""
     state = load(args.retrieval) if args.retrieval != "random" else None
     saved = {**state.get("args", {}), **state["model_config"]} if state is not None else {}
+    if state is not None:
+        require_clip_flags(args, state, args.retrieval)
     fill_data_flags(args, saved)
     device = resolve_speed_flags(args)
     classes = class_names(args)
@@ -335,7 +365,7 @@ def retrieve(args: argparse.Namespace) -> dict:
         print(load_pretrained(model, args.retrieval, state))
         report_plateau(state, args.retrieval)
     step_model = prepare_model(model, device, args.compile)
-    augmenter = ClipAugment(TEST, args.img_dim)
+    augmenter = ClipAugment(evaluation_recipe(args.resize), args.img_dim)
 
     features, labels = {}, {}
     for stage in ("train", "test"):

@@ -1,8 +1,10 @@
 """Batched augmentation: what is shared by a clip's frames, what is drawn per frame, and the ranges."""
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from CPCTrans import augment
@@ -95,8 +97,11 @@ def test_colour_jitter_applies_each_frames_operations_in_its_own_order_like_torc
         assert torch.allclose(out, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("recipe", [PRETRAIN, augment.pretraining_recipe("clip"), FINETUNE_TRAIN, FINETUNE_VAL, TEST],
-                         ids=["pretraining", "pretraining per clip", "finetuning", "finetuning validation", "test"])
+@pytest.mark.parametrize("recipe", [PRETRAIN, augment.pretraining_recipe("clip"),
+                                    augment.pretraining_recipe("frame", gray="luminance"), FINETUNE_TRAIN,
+                                    FINETUNE_VAL, TEST],
+                         ids=["pretraining", "pretraining per clip", "pretraining luminance", "finetuning",
+                              "finetuning validation", "test"])
 def test_fused_colour_gives_the_per_group_operations_clips_bit_for_bit(recipe):
     """What --compile compiles (fused_colour: every frame through every operation, each keeping what its draws
     chose) gives the same clips as the operations applied group by group, the path without --compile."""
@@ -181,3 +186,60 @@ def test_clips_stored_channel_last_augment_exactly_like_channel_first_ones():
         assert torch.equal(augment.ClipAugment(recipe, 32, seed=0)(channel_last, sizes),
                            augment.ClipAugment(recipe, 32, seed=0)(clips, sizes))
     assert torch.equal(augment.ten_crop(channel_last, sizes, 32), augment.ten_crop(clips, sizes, 32))
+
+
+def colour_bars(frames=1, height=8, width=8):
+    """uint8 frames whose red, green and blue channels hold 10, 20 and 30."""
+    clip = torch.zeros(1, frames, 3, height, width, dtype=torch.uint8)
+    clip[:, :, 0], clip[:, :, 1], clip[:, :, 2] = 10, 20, 30
+    return clip
+
+
+def test_grayscale_copies_one_random_channel_to_all_three_or_uses_luminance():
+    count = 3000
+    clip = colour_bars(frames=count)
+    # luminance: 0.299 * 10 + 0.587 * 20 + 0.114 * 30 = 18.15
+    for gray, allowed in (("channel", {(10,) * 3, (20,) * 3, (30,) * 3}), ("luminance", {(18,) * 3})):
+        recipe = augment.Recipe(crop="center", gray_p=1.0, per_frame_color=True, gray=gray, resize="bilinear")
+        params = sample_params(recipe, torch.tensor([[8, 8]]), count, generator())
+        pixels = (augment.denormalize(apply_params(clip, params, 8, recipe))[0, :, :, 0, 0] * 255).round().int()
+        outcomes = [tuple(pixel) for pixel in pixels.tolist()]
+        assert set(outcomes) == allowed, gray
+        if gray == "channel":
+            shares = torch.tensor([outcomes.count((value,) * 3) for value in (10, 20, 30)]) / count
+            assert torch.allclose(shares, torch.full((3,), 1 / 3), atol=0.03), "each channel as often"
+
+
+@pytest.mark.parametrize("size", [128, 196, 112, 64, 224])
+def test_nearest_resize_picks_pils_nearest_pixels(size):
+    image = torch.randint(0, 256, (224, 224, 3), dtype=torch.uint8, generator=generator())
+    expected = np.asarray(Image.fromarray(image.numpy()).resize((size, size), Image.NEAREST))
+    got = augment.nearest_resize(image.permute(2, 0, 1)[None], size)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(got, expected)
+
+
+def test_resize_is_nearest_after_a_224_crop_by_default_and_antialiased_bilinear_as_an_option():
+    checkerboard = ((torch.arange(240)[:, None] + torch.arange(320)[None, :]) % 2).float().expand(1, 3, -1, -1)
+    box = torch.tensor([[10.0, 5.0, 234.0, 229.0]])
+    nearest = augment.crop_resize(checkerboard, box, 1, 112)
+    bilinear = augment.crop_resize(checkerboard, box, 1, 112, resize="bilinear")
+    assert set(nearest.unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(bilinear, torch.full_like(bilinear, 0.5), atol=1e-5), "two pixels averaged into one"
+    assert augment.pretraining_recipe("frame").resize == "nearest"
+    assert augment.pretraining_recipe("frame", resize="bilinear").resize == "bilinear"
+    with pytest.raises(ValueError, match="resize"):
+        augment.evaluation_recipe("bicubic")
+
+
+def test_finetuning_validation_keeps_70_percent_of_clips_at_the_test_views_centre_crop():
+    """The reference's RandomSizedCrop(p=0.3): a clip not random-sized gets the centre 224 crop, as the test does."""
+    sizes = torch.tensor([[240, 320]] * 4000)
+    params = sample_params(FINETUNE_VAL, sizes, 5, generator())
+    centre = sample_params(TEST, sizes[:1], 5, generator()).boxes[0]
+    assert centre.tolist() == [48.0, 8.0, 272.0, 232.0]
+    assert (params.boxes == centre).all(dim=1).float().mean() == pytest.approx(0.7, abs=0.03)
+
+
+def test_centre_crop_rounds_a_half_pixel_offset_to_even_as_the_reference():
+    boxes = sample_params(TEST, torch.tensor([[240, 321], [240, 323]]), 1, generator()).boxes
+    assert boxes[:, 0].tolist() == [48.0, 50.0]  # (321 - 224) / 2 = 48.5 and (323 - 224) / 2 = 49.5

@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes, safe loading, loading by name with a report."""
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,3 +92,16 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_atomic({"kind": "cpc", "state_dict": {"w": torch.zeros(2)}}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["epoch1.pth.tar"]
+
+
+def test_numpy_scalars_load_and_other_numpy_objects_stay_refused(tmp_path):
+    """The reference's checkpoints hold best_acc as a numpy scalar; loading allows exactly those."""
+    state = {"kind": "cpc", "state_dict": {}, "model_config": {}, "best_acc": np.float64(0.25), "step": np.int64(3)}
+    scalars = tmp_path / "scalars.pth.tar"
+    torch.save(state, scalars)
+    loaded = load(scalars)
+    assert loaded["best_acc"] == 0.25 and loaded["step"] == 3
+    array = tmp_path / "array.pth.tar"
+    torch.save({**state, "history": np.array([0.1, 0.2])}, array)
+    with pytest.raises(CheckpointError, match="refused"):
+        load(array)

@@ -6,7 +6,7 @@ import torch
 
 from CPCTrans.data import (BadSamples, ClipDataset, DataError, EpochSampler, ReusedSharedBatches, VideoRecord,
                            clip_indices, clip_start_range, collate_clips, make_loader, read_class_names, read_index,
-                           window_starts)
+                           sample_videos, window_starts)
 
 
 def write_frames(folder, count, height=24, width=32):
@@ -238,3 +238,26 @@ def test_sampler_draw_chooses_the_clip_start(tmp_path):
     # 20 frames, clips span 5 frames: starts 0..15; frame k is painted k + 1.
     assert dataset[(0, 0.0)][0][0, 0, 0, 0] == pytest.approx(1, abs=2)
     assert dataset[(0, 0.999)][0][0, 0, 0, 0] == pytest.approx(16, abs=2)
+
+
+def test_a_validation_fraction_keeps_the_same_videos_in_their_order_whatever_the_seed(tmp_path):
+    records = [VideoRecord(f"v{index}", 40 if index % 10 else 5, 0) for index in range(100)]
+    torch.manual_seed(1)
+    first = ClipDataset(records, num_seq=5, ds=3, fraction=0.3)
+    torch.manual_seed(2)
+    second = ClipDataset(records, num_seq=5, ds=3, fraction=0.3)
+    assert first.videos == second.videos, "a fixed subset, not drawn from the run's random state"
+    assert len(first.videos) == 27 and first.num_skipped == 10  # 30% of the 90 long enough
+    assert [int(record.folder[1:]) for record in first.videos] == sorted(int(r.folder[1:]) for r in first.videos)
+    assert ClipDataset(records, num_seq=5, ds=3, fraction=1.0).videos == [r for r in records if r.num_frames == 40]
+    assert len(sample_videos(records[:2], 0.1)) == 1, "at least one video"
+
+
+def test_a_validation_loader_that_drops_its_last_batch_keeps_full_batches_only(tmp_path):
+    folder = write_frames(tmp_path / "v", 20)
+    dataset = ClipDataset([VideoRecord(folder, 20, 0)] * 7, num_seq=3, ds=2)
+    cpu = torch.device("cpu")
+    assert len(make_loader(dataset, 3, 0, train=False, device=cpu)) == 3
+    kept = make_loader(dataset, 3, 0, train=False, device=cpu, drop_last=True)
+    assert [len(batch[2]) for batch in kept] == [3, 3]
+    assert len(make_loader(dataset, 8, 0, train=False, device=cpu, drop_last=True)) == 1, "never no batch at all"

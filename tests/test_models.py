@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from CPCTrans.backbone import ResNet18Trunk
+from CPCTrans.convgru import ConvGRU
 from CPCTrans.cpc import CPCTrans
 from CPCTrans.encoder import VideoEncoder
 from Evaluate.classifier import VideoClassifier
@@ -123,3 +124,41 @@ def test_finetune_gives_encoder_a_tenth_of_the_learning_rate():
         assert len(in_encoder) == 1
         assert group["lr"] == pytest.approx(1e-4 if in_encoder.pop() else 1e-3)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_attention_and_gru_gates_start_as_separate_orthogonal_matrices():
+    """As the reference's separate q, k, v layers and gate convolutions: each block alone is orthogonal, so each
+    starts at the reference's scale (one orthogonal 768 x 256 matrix would give rows of norm 1/sqrt(3))."""
+    model = CPCTrans()
+    for layer in model.encoder.transformer.layers:
+        for block in layer.self_attn.in_proj_weight.detach().chunk(3):
+            assert torch.allclose(block @ block.T, torch.eye(256), atol=1e-4)
+    for gate in model.agg.gates.weight.detach().flatten(1).chunk(2):
+        assert torch.allclose(gate @ gate.T, torch.eye(256), atol=1e-4)
+
+
+def test_gru_dropout_acts_on_the_hidden_state_after_every_step():
+    gru = ConvGRU(4, 64, dropout=0.5).train()
+    states = gru(torch.randn(8, 3, 4, 5, 5))
+    dropped = (states == 0).float().mean(dim=(0, 2, 3, 4))
+    assert ((dropped > 0.4) & (dropped < 0.6)).all(), dropped
+    assert (gru.eval()(torch.randn(8, 3, 4, 5, 5)) != 0).all()
+
+
+def test_pretraining_drops_out_after_every_context_and_prediction_step():
+    model = CPCTrans(num_seq=5, pred_step=3, gru_dropout=0.1).train()
+    calls = []
+    model.agg.dropout.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    model(torch.randn(2, 5, 3, 64, 64))
+    assert len(calls) == 2 + 2, "two context steps, then the state after each prediction that is used"
+
+
+def test_a_frozen_trunk_keeps_its_batchnorm_statistics_in_pretraining():
+    model = CPCTrans()
+    model.train_mode("last")
+    assert not model.encoder.backbone.training and model.encoder.transformer.training and model.agg.training
+    before = model.encoder.backbone.bn1.running_mean.clone()
+    model(torch.randn(2, 5, 3, 64, 64))
+    assert torch.equal(model.encoder.backbone.bn1.running_mean, before)
+    model.train_mode("all")
+    assert model.encoder.backbone.training

@@ -50,7 +50,7 @@ def only(paths):
 @pytest.fixture(scope="module")
 def pretrained(demo_dataset, tmp_path_factory):
     logs = tmp_path_factory.mktemp("pretrain")
-    result = cli("CPCTrans/main.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1,
+    result = cli("CPCTrans/main.py", *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--diagnose_future",
                  "--log_root", logs, cwd=logs)
     assert result.returncode == 0, result.stderr
     return logs, result
@@ -63,7 +63,7 @@ def test_pretraining_writes_checkpoints_and_curves(pretrained):
     state = torch.load(model_dir / "epoch1.pth.tar", weights_only=True)
     assert state["kind"] == "cpc" and state["epoch"] == 1
     assert state["model_config"] == {"net": "resnet18", "num_seq": 5, "pred_step": 3, "attn": "full",
-                                   "pos_enc": "none"}
+                                   "pos_enc": "none", "gru_dropout": 0.1}
     assert list(model_dir.parent.glob("img/train/events.out.tfevents.*"))
     line = only(line for line in (result.stderr + result.stdout).splitlines() if line.startswith("epoch 1/1"))
     shares = re.search(r"wrong picks: spatial (\S+) temporal (\S+) other video (\S+)  "
@@ -178,7 +178,9 @@ def test_pretraining_choices_are_recorded_and_the_architecture_travels_to_finetu
     assert result.returncode == 0, result.stderr
     checkpoint = only(pretrain_logs.glob("log_tmp/*/model/epoch1.pth.tar"))
     assert checkpoint.parents[1].name.endswith("_attn-causal_train-all_pos-sincos_color-clip")
-    assert torch.load(checkpoint, weights_only=True)["args"]["color_aug"] == "clip"
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["args"]["color_aug"] == "clip"
+    assert "top1_reversed" not in state["val_metrics"], "the reversed-future pass only with --diagnose_future"
     refused = in_process(evaluation.main, *SMALL, "--csv_root", demo_dataset / "csv", "--epochs", 1, "--pretrain",
                          checkpoint, "--pos_enc", "learned", "--log_root", finetune_logs, capsys=capsys)
     assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0
@@ -232,3 +234,15 @@ def test_a_val_freq_below_one_is_refused_in_one_line(entry_point, capsys):
         entry_point(["--val_freq", "0"])
     assert refused.value.code == 2
     assert "--val_freq: must be at least 1, got 0" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_validation_uses_the_references_share_of_the_test_split(capsys):
+    assert pretraining.parse_args([]).val_fraction == 0.3
+    for flags, share in ((["--dataset", "ucf101"], 0.3), (["--dataset", "hmdb51"], 0.4),
+                         (["--dataset", "hmdb51", "--val_fraction", "1"], 1.0)):
+        args = evaluation.parse_args(flags)
+        evaluation.fill_data_flags(args)
+        assert args.val_fraction == share, flags
+    with pytest.raises(SystemExit) as refused:
+        pretraining.parse_args(["--val_fraction", "0"])
+    assert refused.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err
