@@ -1,8 +1,8 @@
-"""Batched clip augmentation on the training device (DESIGN.md §3).
+"""Batched clip augmentation on the training device (docs/method.md, "Augmentation").
 
 Clips arrive as uint8 (B, N, 3, H, W), possibly zero-padded to the largest frame of the batch,
 with each clip's real (height, width). Random parameters are drawn on the CPU (a few numbers
-per clip or frame), then applied to the whole batch at once: one roi_align does every crop, colour
+per clip or frame), then applied to the whole batch at once: one roi_align does every crop, color
 operations are vectorised over frames with per-frame factors.
 
 As in the reference, each crop becomes a 224 x 224 image first, which is then scaled to `img_dim` by
@@ -18,7 +18,7 @@ import torch
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
-from CPCTrans.data import to_device
+from CPCTrans.device import to_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,7 +57,7 @@ def _check(value: str, kinds: tuple[str, ...], what: str) -> None:
 
 
 def finetuning_recipes(color_jitter: bool, resize: str = "nearest") -> tuple[Recipe, Recipe]:
-    """Finetuning's training and validation augmentation, with the reference's colour jitter or with crop and
+    """Finetuning's training and validation augmentation, with the reference's color jitter or with crop and
     flip only."""
     _check(resize, RESIZE_KINDS, "resize")
     jitter_p = {} if color_jitter else {"jitter_p": 0.0}
@@ -65,8 +65,8 @@ def finetuning_recipes(color_jitter: bool, resize: str = "nearest") -> tuple[Rec
 
 
 def pretraining_recipe(color_aug: str, gray: str = "channel", resize: str = "nearest") -> Recipe:
-    """The pretraining augmentation, its grayscale and colour jitter drawn per frame (the reference) or per clip."""
-    _check(color_aug, COLOR_AUG_KINDS, "colour augmentation")
+    """The pretraining augmentation, its grayscale and color jitter drawn per frame (the reference) or per clip."""
+    _check(color_aug, COLOR_AUG_KINDS, "color augmentation")
     _check(gray, GRAY_KINDS, "grayscale")
     _check(resize, RESIZE_KINDS, "resize")
     return replace(PRETRAIN, per_frame_color=color_aug == "frame", gray=gray, resize=resize)
@@ -297,39 +297,17 @@ def _saturation(image, factor):
 JITTER_OPS = (_brightness, _contrast, _saturation, adjust_hue)
 
 
-def _device_index(chosen: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Positions of the True entries of a CPU mask, as an index on `device` (known on the host: no sync)."""
-    return to_device(chosen.nonzero().flatten(), device)
-
-
-def color_jitter(frames: torch.Tensor, on: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """Per-frame colour jitter, in place: frame i applies the four operations in order[i] with factors[i], where on[i].
-
-    The CPU parameters say which frames take which operation at each position, so every operation runs only on
-    its own frames. All sixteen groups' frame indices and factors are worked out at once on the host and reach
-    the device in two copies.
-    """
-    takes = on & (order.T[:, None, :] == torch.arange(len(JITTER_OPS))[None, :, None])  # (position, op, frame)
-    _, op_of, frame_of = takes.nonzero().unbind(dim=1)  # grouped by position, then operation
-    sizes = takes.sum(dim=2).flatten().tolist()
-    group_frames = to_device(frame_of, frames.device).split(sizes)
-    group_factors = to_device(factors[frame_of, op_of], frames.device, frames.dtype).split(sizes)
-    for group, (index, factor) in enumerate(zip(group_frames, group_factors)):
-        if sizes[group]:
-            op = JITTER_OPS[group % len(JITTER_OPS)]
-            frames.index_copy_(0, index, op(frames.index_select(0, index), factor.view(-1, 1, 1, 1)))
-    return frames
-
-
 def _per_frame(chosen: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return torch.where(chosen.view(-1, 1, 1, 1), new, old)
 
 
-def fused_colour(frames: torch.Tensor, packed: torch.Tensor, jitter: bool, channel_gray: bool) -> torch.Tensor:
-    """Flip, grayscale and colour jitter of cropped frames (F, 3, S, S), with the parameters of
-    pack_colour_params: every frame goes through every operation at every position and keeps the result its
-    parameters choose. The formulas are apply_params' own, but no shape depends on the draws, so torch.compile
-    fuses the lot into a few kernels where apply_params launches some hundred (four times the arithmetic)."""
+def color_ops(frames: torch.Tensor, packed: torch.Tensor, jitter: bool, channel_gray: bool) -> torch.Tensor:
+    """Flip, grayscale and color jitter of cropped frames (F, 3, S, S), with the parameters of pack_color_params.
+
+    Every frame goes through every operation at every position of the jitter's order and keeps the result its
+    draws choose. No shape depends on the draws: torch.compile fuses the lot into a few kernels (ClipAugment's
+    `compiled`), and nothing waits for the host to pick frames out.
+    """
     flip, gray, jitter_on = (packed[:, column] > 0.5 for column in range(3))
     factors, order = packed[:, 3:7], packed[:, 7:11]
     channel = packed[:, 11].long() if channel_gray else None
@@ -345,7 +323,7 @@ def fused_colour(frames: torch.Tensor, packed: torch.Tensor, jitter: bool, chann
     return frames
 
 
-def pack_colour_params(params: AugmentParams, steps: int) -> torch.Tensor:
+def pack_color_params(params: AugmentParams, steps: int) -> torch.Tensor:
     """(B*N, 12) floats on the host, one row per frame: flip, grayscale, jitter on, four factors, four operations
     in order, the grayscale's channel. One copy takes them to the device."""
     return torch.cat([params.flip.repeat_interleave(steps)[:, None], params.gray.flatten()[:, None],
@@ -354,29 +332,14 @@ def pack_colour_params(params: AugmentParams, steps: int) -> torch.Tensor:
 
 
 def apply_params(clips: torch.Tensor, params: AugmentParams, img_dim: int, recipe: Recipe,
-                 colour=None) -> torch.Tensor:
+                 color=color_ops) -> torch.Tensor:
     """uint8 clips (B, N, 3, H, W) on any device -> normalised float (B, N, 3, img_dim, img_dim).
 
-    `colour`: fused_colour, or a compiled version of it, to use instead of the per-group operations below."""
+    `color`: color_ops, or a compiled version of it."""
     batch, steps = clips.shape[:2]
     frames = crop_resize(unit_frames(clips), params.boxes, steps, img_dim, recipe.resize)
-    channel_gray = recipe.gray == "channel"
-    if colour is not None:
-        frames = colour(frames, to_device(pack_colour_params(params, steps), frames.device), recipe.jitter is not None,
-                        channel_gray)
-        return normalize(frames).view(batch, steps, 3, img_dim, img_dim)
-    flip = params.flip.repeat_interleave(steps)
-    if flip.any():
-        index = _device_index(flip, frames.device)
-        frames.index_copy_(0, index, frames.index_select(0, index).flip(-1))
-    gray = params.gray.flatten()
-    if gray.any():
-        index = _device_index(gray, frames.device)
-        channel = to_device(params.gray_channel.flatten()[gray], frames.device) if channel_gray else None
-        frames.index_copy_(0, index, _gray_frames(frames.index_select(0, index), channel))
-    if recipe.jitter is not None:
-        frames = color_jitter(frames, params.jitter_on.flatten(), params.factors.flatten(0, 1),
-                              params.order.flatten(0, 1))
+    packed = to_device(pack_color_params(params, steps), frames.device)
+    frames = color(frames, packed, recipe.jitter is not None, recipe.gray == "channel")
     return normalize(frames).view(batch, steps, 3, img_dim, img_dim)
 
 
@@ -394,13 +357,13 @@ def normalize(frames: torch.Tensor) -> torch.Tensor:
 class ClipAugment:
     """The augmentation of one stage: draws parameters with its own generator, applies them on the clips' device.
 
-    `compiled`: the colour operations go through torch.compile'd fused_colour (same draws, same formulas), which
-    takes the host a few kernel launches per batch instead of some hundred."""
+    `compiled`: the color operations go through torch.compile (same draws, same formulas), a few fused kernels per
+    batch instead of some hundred small ones."""
 
     def __init__(self, recipe: Recipe, img_dim: int, seed: int | None = None, compiled: bool = False):
         self.recipe = recipe
         self.img_dim = img_dim
-        self.colour = torch.compile(fused_colour) if compiled else None
+        self.color = torch.compile(color_ops) if compiled else color_ops
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -410,7 +373,7 @@ class ClipAugment:
 
     def __call__(self, clips: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         params = sample_params(self.recipe, sizes, clips.shape[1], self.generator)
-        return apply_params(clips, params, self.img_dim, self.recipe, self.colour)
+        return apply_params(clips, params, self.img_dim, self.recipe, self.color)
 
 
 def denormalize(frames: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,9 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 
 from CPCTrans.augment import ClipAugment, pretraining_recipe
-from CPCTrans.cpc import CPCTrans
+from CPCTrans.cpc import FuturePredictor
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, make_loader
-from CPCTrans.main import add_score_products_flag, train_step
+from CPCTrans.main import train_step
 from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.runtime import adam, add_resize_flag, add_speed_flags, prepare_model, resolve_speed_flags
 from ProcessData.make_demo import CLASSES, camera_video
@@ -154,15 +154,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "operations that held the host longest")
     add_resize_flag(parser, "nearest")
     add_speed_flags(parser)
-    add_score_products_flag(parser)
     return parser.parse_args(argv)
 
 
 def print_table(result: dict) -> None:
     print(f"device {result['device']}: batch {result['batch_size']}, {result['img_dim']}px, "
-          f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, "
-          f"cudnn_benchmark={result['cudnn_benchmark']}, score_products={result['score_products']}, "
-          f"resize={result['resize']}, decode={result['decode']}, {result['workers']} workers, prefetch {result['prefetch']}")
+          f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, resize={result['resize']}, "
+          f"decode={result['decode']}, {result['workers']} workers, prefetch {result['prefetch']}")
     print("| what | clips/s |\n|---|---|")
     for name in ("model_step", "augment", "loader", "end_to_end"):
         print(f"| {name.replace('_', ' ')} | {result[f'{name}_clips_per_s']:.1f} |")
@@ -172,7 +170,7 @@ def print_table(result: dict) -> None:
 
 def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     device = resolve_speed_flags(args)
-    model = CPCTrans(num_seq=args.num_seq, pred_step=args.pred_step)
+    model = FuturePredictor(num_seq=args.num_seq, pred_step=args.pred_step)
     step_model = prepare_model(model, device, args.compile).train()
     optimizer = adam(model.parameters(), device, lr=1e-3, weight_decay=1e-5)
     augmenter = ClipAugment(pretraining_recipe("frame", resize=args.resize), args.img_dim, seed=0,
@@ -188,7 +186,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
                         device=device).movedim(-1, 2)
     sizes = torch.tensor([[240, 320]] * args.batch_size)
     inputs = augmenter(raw, sizes)
-    model_s = median_seconds(lambda: train_step(step_model, optimizer, inputs, device, args.amp, args.score_products),
+    model_s = median_seconds(lambda: train_step(step_model, optimizer, inputs, device, args.amp),
                              args.steps, args.warmup, device)
     augment_s = median_seconds(lambda: augmenter(raw, sizes), args.steps, args.warmup, device)
     loader_s = throughput_seconds(endless(loader), lambda batch: clips_to_device(batch[0], batch[1], device),
@@ -199,7 +197,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     def end_to_end(warmup: int) -> float:
         with DeviceBatches(loader, augmenter, device, args.prefetch, augmenter.generator) as batches:
             return throughput_seconds(batches, lambda batch: train_step(step_model, optimizer, batch.inputs, device,
-                                                                        args.amp, args.score_products),
+                                                                        args.amp),
                                       args.steps, warmup, device)
 
     end_to_end_s = end_to_end(args.warmup)
@@ -209,8 +207,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "img_dim": args.img_dim, "batch_size": args.batch_size, "num_seq": args.num_seq, "pred_step": args.pred_step,
-        "amp": args.amp, "compile": args.compile, "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "score_products": args.score_products, "resize": args.resize,
+        "amp": args.amp, "compile": args.compile, "resize": args.resize,
         "decode": args.decode, "workers": args.workers, "prefetch": args.prefetch,
         **{f"{name}_clips_per_s": round(value, 1) for name, value in per_second.items()},
         "peak_gpu_memory_gib": None if peak is None else round(peak, 3),

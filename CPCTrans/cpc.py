@@ -3,15 +3,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from CPCTrans.convgru import GRU_DROPOUT, ConvGRU, init_orthogonal
+from CPCTrans.convgru import GRU_DROPOUT, ConvGRU
 from CPCTrans.encoder import VideoEncoder
+from CPCTrans.weight_init import init_orthogonal
 
-# Kinds of entries in the score matrix (DESIGN.md §2.7).
+# Kinds of entries in the score matrix (docs/method.md, "The score matrix").
 POSITIVE, SPATIAL, TEMPORAL, EASY = 0, 1, 2, 3
 KIND_NAMES = ("positive", "spatial", "temporal", "easy")
 
 
-class CPCTrans(nn.Module):
+class FuturePredictor(nn.Module):
     """Predicts the encoder outputs of the last `pred_step` frames from the first `num_seq - pred_step`."""
 
     kind = "cpc"
@@ -53,78 +54,18 @@ class CPCTrans(nn.Module):
             self.encoder.backbone.eval()
 
 
-SCORE_PRODUCTS = ("fp32", "bf16-split")
-BF16_PARTS = 3  # bf16 values, 8 significant bits each, that hold an fp32 value's 24
-MM_HAS_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()  # torch 2.8+: bf16 products with fp32 output
-
-
-def dense_scores(predictions: torch.Tensor, targets: torch.Tensor, products: str = "fp32") -> torch.Tensor:
+def dense_scores(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Every predicted vector against every target vector: a (B*P*h*w) x (B*P*h*w) matrix.
 
     Rows and columns are ordered (video, step, position); the positive of row i is column i.
-    Computed at fp32's accuracy even under bf16 autocast, as the reference computes it: once the targets barely
-    change over time, a positive and its temporal negatives differ by less than bf16's resolution at their size.
-    products "fp32" multiplies in fp32, "bf16-split" from bf16 parts on the tensor cores (SplitBf16Scores).
+    Computed in fp32 even under bf16 autocast, as the reference computes it: once the targets barely change over
+    time, a positive and its temporal negatives differ by less than bf16's resolution at their size.
     """
     channels = predictions.shape[2]
     pred = predictions.permute(0, 1, 3, 4, 2).reshape(-1, channels)
     target = targets.permute(0, 1, 3, 4, 2).reshape(-1, channels)
     with torch.autocast(predictions.device.type, enabled=False):
-        if products == "bf16-split":
-            return SplitBf16Scores.apply(pred, target)
         return pred.float() @ target.float().t()
-
-
-def bf16_parts(values: torch.Tensor) -> list[torch.Tensor]:
-    """bf16 tensors that sum to `values` exactly: each is what the ones before leave, rounded to bf16 (the
-    remainders are exact in fp32). A bf16 tensor is its own one part."""
-    if values.dtype == torch.bfloat16:
-        return [values]
-    parts = [values.to(torch.bfloat16)]
-    rest = values.float()
-    while len(parts) < BF16_PARTS:
-        rest = rest - parts[-1]
-        parts.append(rest.to(torch.bfloat16))
-    return parts
-
-
-def split_pairs(lefts: list[torch.Tensor], rights: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The pairs (left part i, right part j) with i + j < BF16_PARTS: part k is at most about 2^-8k of its value,
-    so each product left out is at most about 2^-24 of the whole, fp32's own rounding."""
-    return [(left, right) for i, left in enumerate(lefts) for j, right in enumerate(rights) if i + j < BF16_PARTS]
-
-
-def bf16_matmul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """left @ right of bf16 matrices, summed and returned in fp32: cuBLAS's bf16 product with fp32 output where
-    torch has it (CUDA, torch.mm's out_dtype), elsewhere the same products in fp32 (the product of two bf16 values
-    is exact in fp32)."""
-    if left.is_cuda and MM_HAS_OUT_DTYPE:
-        return torch.mm(left, right, out_dtype=torch.float32)
-    return left.float() @ right.float()
-
-
-class SplitBf16Scores(torch.autograd.Function):
-    """pred (N, C) @ target (N, C).T and its gradients at fp32's accuracy, from bf16 products on tensor cores.
-
-    Every factor is split into bf16 parts (bf16_parts; under autocast the predictions are bf16 already, one part)
-    and the products of the parts, exact in fp32, are summed in fp32 as the fp32 product sums its terms. The scores
-    are one product, the pairs side by side along the summed dimension.
-    """
-
-    @staticmethod
-    def forward(ctx, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(pred, target)
-        pairs = split_pairs(bf16_parts(pred), bf16_parts(target))
-        return bf16_matmul(torch.cat([left for left, _ in pairs], dim=1),
-                           torch.cat([right for _, right in pairs], dim=1).t())
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pred, target = ctx.saved_tensors
-        grad_parts = bf16_parts(grad)
-        grad_pred = sum(bf16_matmul(left, right) for left, right in split_pairs(grad_parts, bf16_parts(target)))
-        grad_target = sum(bf16_matmul(left.t(), right) for left, right in split_pairs(grad_parts, bf16_parts(pred)))
-        return grad_pred.to(pred.dtype), grad_target.to(target.dtype)
 
 
 def reverse_future(clips: torch.Tensor, pred_step: int) -> torch.Tensor:
@@ -156,8 +97,8 @@ def step_similarity_sum(targets: torch.Tensor) -> tuple[torch.Tensor, int]:
     different steps and the same position, each vector first centred on its position's mean over the batch.
 
     Near 1: the encoder's outputs do not change from frame to frame, so temporal negatives cannot be told
-    apart and the features carry no motion (the 1/3 plateau of full attention, README). A random encoder
-    scores well below (frames differ, and pretraining's per-frame colour jitter makes them differ more).
+    apart and the features carry no motion (the 1/3 plateau of full attention, docs/results.md). A random encoder
+    scores well below (frames differ, and pretraining's per-frame color jitter makes them differ more).
     """
     batch, steps = targets.shape[:2]
     vectors = targets.float().flatten(3).transpose(2, 3)  # (B, P, positions, C)
@@ -171,13 +112,9 @@ def plateau_warning(val_metrics: dict, pred_step: int, checkpoint, color_aug: st
     """One line when a pretraining checkpoint's last validation sits on the 1/pred_step plateau: top-1 at
     1/pred_step, nine in ten wrong picks or more temporal (right video and position, wrong step) and the targets
     alike across steps (cos 0.95 or more). None otherwise, or when not measured (a checkpoint saved without
-    validation, or from before the measures). A run pretrained with per-frame colour (`color_aug` "frame", the
-    reference's) is pointed to per-clip colour, the one way off the plateau found on the demo videos.
-
-    Finetuning from such weights ended below random initialisation in every run measured where finetuning learned
-    at all (two on an H200, one on the CPU; README; on 30 test videos, where it did not, both stayed at chance).
-    The similarity alone does not say as much: a 100-step pretraining with per-clip colour had cos 1.00 and
-    finetuned far better than random weights.
+    validation). There the encoder gives a clip's frames nearly the same output, so its features carry little
+    motion; docs/results.md has the runs that finetuned from such weights. A run pretrained with per-frame color
+    (`color_aug` "frame", the reference's) is pointed to per-clip color, which left the plateau there.
     """
     needed = ("top1", "wrong_temporal", "step_similarity")
     if any(key not in val_metrics for key in needed):
@@ -185,14 +122,11 @@ def plateau_warning(val_metrics: dict, pred_step: int, checkpoint, color_aug: st
     top1, temporal, similarity = (val_metrics[key] for key in needed)
     if abs(top1 - 1 / pred_step) > 0.03 or temporal < 0.9 or similarity < 0.95:
         return None
-    way_off = "" if color_aug != "frame" else (
-        ", or pretrain with --color_aug clip: on the demo videos (H200, 128 px) per-clip colour left the plateau after "
-        "about 800 steps where the reference's per-frame colour stayed on it for all 1,500")
+    way_off = ", or pretrain with --color_aug clip" if color_aug == "frame" else ""
     return (f"warning: {checkpoint}: its last validation sits on the pretext's 1/{pred_step} plateau (top1 "
             f"{top1:.4f}, {temporal:.0%} of the wrong picks temporal, targets across steps at cos {similarity:.2f}): "
-            "the encoder gives a clip's frames nearly the same output, and finetuning from plateau weights ended "
-            f"below random initialisation wherever finetuning learned at all (README); pretrain until the top-1 leaves "
-            f"1/{pred_step}{way_off}")
+            "the encoder gives a clip's frames nearly the same output and its features carry little motion "
+            f"(docs/results.md); pretrain until the top-1 leaves 1/{pred_step}{way_off}")
 
 
 class PretextMetrics:
@@ -257,7 +191,7 @@ class PretextMetrics:
         A pretext that tells its steps apart by what the frames show loses the top-1 of the reversed steps. One
         that keeps its top-1 does not tell them apart at all (the 1/3 plateau) or does so by something else:
         where a frame sits (a position encoding, a causal mask) or the context the targets can see. It can then
-        score high while learning no motion (README).
+        score high while learning no motion (docs/results.md).
         """
         hits = (scores.argmax(dim=1) == torch.arange(scores.shape[0], device=scores.device)).sum()
         self.reversed_hits = hits if self.reversed_hits is None else self.reversed_hits + hits

@@ -1,4 +1,4 @@
-"""Frame-folder datasets driven by the CSV index (DESIGN.md §5): one class for every dataset.
+"""Frame-folder datasets driven by the CSV index (docs/method.md, "Data formats"): one class for every dataset.
 
 Workers read and decode JPEGs (torchvision.io) and hand out uint8 clips; everything else
 happens batched on the training device (CPCTrans.augment).
@@ -12,6 +12,9 @@ from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from tqdm import tqdm
+
+from CPCTrans.device import to_device
+from CPCTrans.resume import epoch_seed
 
 
 class DataError(Exception):
@@ -232,8 +235,7 @@ def collate_clips(batch, stack=stack_padded):
 class ReusedSharedBatches:
     """collate_clips for loader workers whose batches the main process copies as they arrive (into pinned memory,
     on CUDA): each worker writes its clips into a few shared-memory batches it takes in turn, instead of into a
-    new one per batch, whose fresh pages cost more than the copy itself (a clip of five 320x240 frames, on a CPU:
-    1.2-1.8 ms into a new batch, 0.23 ms into a reused one; CPCTrans/SPEED.md).
+    new one per batch, whose fresh pages cost more than the copy itself (docs/speed.md).
 
     Safe because a DataLoader hands a worker its batch k + prefetch_factor only once next() has returned that
     worker's batch k, and with pinned memory next() returns a copy made as the batch arrived: with `buffers` at
@@ -269,20 +271,6 @@ class ReusedSharedBatches:
         return collate_clips(batch, self.stack)
 
 
-def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A host tensor (a batch, its labels; the augmentation's boxes, indices, factors) -> `device`, without
-    waiting for the GPU. The loader's batches come pinned already on CUDA; pin_memory() leaves them as they are.
-
-    non_blocking alone does not do it: a copy from pageable memory holds the host until its stream has run
-    everything queued before it (CUDA's API synchronisation rules), a wait torch's sync debug mode does not
-    report. Copied from pinned memory, it is queued like a kernel.
-    """
-    tensor = tensor if dtype is None else tensor.to(dtype)
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
 def clips_to_device(clips, sizes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A collated batch -> uint8 clips on `device` and their frame sizes; encoded clips are decoded there."""
     if not isinstance(clips, tuple):
@@ -296,11 +284,6 @@ def clips_to_device(clips, sizes, device: torch.device) -> tuple[torch.Tensor, t
                         f"run with --decode cpu to have the file named") from None
     steps = lengths.shape[1]
     return stack_padded([stack_frames(frames[i:i + steps]) for i in range(0, len(frames), steps)])
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of everything random in one epoch of a run seeded with `seed`."""
-    return seed * 100_003 + epoch
 
 
 class EpochSampler(Sampler):

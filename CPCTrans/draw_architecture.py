@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from CPCTrans.cpc import CPCTrans, dense_scores
+from CPCTrans.cpc import FuturePredictor, dense_scores
 from CPCTrans.runtime import REPO_ROOT
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -18,7 +18,7 @@ COLORS = {"data": (235, 225, 205), "net": (200, 230, 250), "head": (210, 245, 21
 
 def measured_shapes(img_dim: int, num_seq: int, pred_step: int, batch: int = 2) -> dict[str, tuple]:
     """Runs one clip batch through the model and records the shape at each stage."""
-    model = CPCTrans(num_seq=num_seq, pred_step=pred_step).eval()
+    model = FuturePredictor(num_seq=num_seq, pred_step=pred_step).eval()
     shapes = {}
 
     def record(name):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from CPCTrans.backbone import build_backbone
-from CPCTrans.convgru import init_orthogonal
+from CPCTrans.weight_init import init_orthogonal
 
 ATTENTION_KINDS = ("full", "causal", "split")
 POSITION_KINDS = ("none", "learned", "sincos")
@@ -86,7 +86,6 @@ class VideoEncoder(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(width),
                                                  enable_nested_tensor=False)
         init_orthogonal(self.transformer, stacked={"in_proj_weight": 3})  # q, k, v
-        self.channels_last = False
 
     @property
     def width(self) -> int:
@@ -96,8 +95,8 @@ class VideoEncoder(nn.Module):
         """(B, N, 3, H, W) -> backbone maps (B, N, C, h, w), before the Transformer."""
         batch, steps = clips.shape[:2]
         frames = clips.flatten(0, 1)
-        if self.channels_last:
-            frames = frames.contiguous(memory_format=torch.channels_last)
+        if self.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            frames = frames.contiguous(memory_format=torch.channels_last)  # as the trunk's weights are stored
         maps = self.backbone(frames)
         return maps.view(batch, steps, *maps.shape[1:])
 

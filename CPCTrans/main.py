@@ -4,34 +4,29 @@
         --epochs 300 --num_seq 5 --pred_step 3
 """
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid
-from tqdm import tqdm
 
-from CPCTrans.augment import COLOR_AUG_KINDS, GRAY_KINDS, ClipAugment, denormalize, pretraining_recipe
-from CPCTrans.checkpoint import CheckpointError, load_pretrained, training_state
+from CPCTrans.augment import COLOR_AUG_KINDS, GRAY_KINDS, ClipAugment, pretraining_recipe
+from CPCTrans.checkpoint import CheckpointError, load_pretrained
 from CPCTrans.convgru import GRU_DROPOUT
-from CPCTrans.cpc import (SCORE_PRODUCTS, CPCTrans, PretextMetrics, contrastive_loss, dense_scores, plateau_warning,
-                         reverse_future)
-from CPCTrans.data import BadSamples, DataError, make_loader, read_class_names, split_dataset
+from CPCTrans.cpc import FuturePredictor, PretextMetrics, contrastive_loss, dense_scores, plateau_warning, reverse_future
+from CPCTrans.data import DataError, make_loader, read_class_names, split_dataset
+from CPCTrans.device import autocast
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
-from CPCTrans.prefetch import DeviceBatches
-from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
-                             save_interrupted)
 from CPCTrans.runtime import (REPO_ROOT, adam, add_gru_dropout_flag, add_resize_flag, add_run_flags, add_speed_flags,
-                              autocast, best_after, check_img_dim, csv_root, fraction, prepare_model,
-                              resolve_speed_flags, run_folder, save_epoch, saved_as, saves, speed_summary, split_csv,
-                              stage_writers, user_error, validates)
+                              check_img_dim, csv_root, fraction, prepare_model, resolve_speed_flags, run_folder,
+                              speed_summary, split_csv, user_error)
+from CPCTrans.training import Run, TrainingDiverged, fit, optimize
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="CPCTrans self-supervised pretraining")
     parser.add_argument("--net", default="resnet18", choices=["resnet18"])
-    parser.add_argument("--model", default="cpc-trans", choices=["cpc-trans"])
+    parser.add_argument("--model", default="cpc-trans", choices=["cpc-trans"],
+                        help="unused; accepted so that the reference's commands run")
     parser.add_argument("--dataset", default="ucf101", help="name of the folder of CSVs under ProcessData/data/")
     parser.add_argument("--split", default=1, type=int, choices=[1, 2, 3],
                         help="the split whose training list is pretrained on (the published weights used 3)")
@@ -44,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", default="", help="checkpoint to continue, or 'latest' (newest of this run)")
     parser.add_argument("--pretrain", default="", help="checkpoint to initialise the weights from")
     parser.add_argument("--epochs", default=300, type=int)
-    parser.add_argument("--start_epoch", default=0, type=int)
+    parser.add_argument("--start_epoch", default=0, type=int, help="the first epoch's number (--resume sets it)")
     parser.add_argument("--print_freq", default=5, type=int, help="steps between progress updates")
     parser.add_argument("--reset_lr", action="store_true", help="on resume, start a fresh optimiser at --lr")
     parser.add_argument("--prefix", default="tmp", help="logs go to <log_root>/log_<prefix>/")
@@ -59,8 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pos_enc", default="none", choices=POSITION_KINDS,
                         help="none: the reference; learned or sincos: spatio-temporal position of each token")
     parser.add_argument("--color_aug", default="frame", choices=COLOR_AUG_KINDS,
-                        help="frame: grayscale and colour jitter drawn per frame (the reference); clip: once per clip, "
-                             "which left the pretext's 1/3 plateau on the demo videos where frame did not (README)")
+                        help="frame: grayscale and color jitter drawn per frame (the reference); clip: once per clip, "
+                             "which left the pretext's 1/3 plateau on the demo videos where frame did not "
+                             "(docs/results.md)")
     parser.add_argument("--gray", default="channel", choices=GRAY_KINDS,
                         help="channel: the reference's grayscale, one random RGB channel copied to all three; "
                              "luminance: a true grayscale")
@@ -71,23 +67,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--diagnose_future", action="store_true",
                         help="validation also scores each clip with its predicted frames reversed (one more forward "
                              "pass per batch) and reports that top-1")
-    add_score_products_flag(parser)
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
     return args
 
 
-def add_score_products_flag(parser) -> None:
-    parser.add_argument("--score_products", default="fp32", choices=SCORE_PRODUCTS,
-                        help="how the pretext's score matrix is multiplied: fp32 (the reference) or bf16-split, the "
-                             "same scores and gradients from bf16 parts on the tensor cores (CUDA; emulated "
-                             "elsewhere, slower there; off by default until measured, see README)")
-
-
 def run_name(args: argparse.Namespace) -> str:
     name = (f"{args.dataset}-{args.img_dim}_{args.net}_{args.model}_bs{args.batch_size}_lr{args.lr}"
             f"_seq{args.num_seq}_pred{args.pred_step}_ds{args.ds}_attn-{args.attn}_train-{args.train_what}")
-    if args.pos_enc != "none":  # runs with the reference's architecture keep the folder names they had
+    # Each choice that departs from the reference's is named; the reference's settings give the plain name.
+    if args.pos_enc != "none":
         name += f"_pos-{args.pos_enc}"
     if args.color_aug != "frame":
         name += f"_color-{args.color_aug}"
@@ -116,171 +105,86 @@ def build_loaders(args, device):
     return loaders
 
 
-def pretext_loss(model, inputs: torch.Tensor, device: torch.device, amp: bool, products: str = "fp32"):
-    """Forward pass and loss on augmented clips -> (loss, scores, targets); `products` as in dense_scores."""
+def pretext_loss(model, inputs: torch.Tensor, device: torch.device, amp: bool):
+    """Forward pass and loss on augmented clips -> (loss, scores, targets)."""
     with autocast(device, amp):
         predictions, targets = model(inputs)
-        scores = dense_scores(predictions, targets, products)
+        scores = dense_scores(predictions, targets)
         loss = contrastive_loss(scores)
     return loss, scores, targets
 
 
-def reversed_future_scores(model, inputs: torch.Tensor, pred_step: int, device: torch.device, amp: bool,
-                           products: str = "fp32"):
-    """The score matrix of the same clips with their predicted frames reversed (PretextMetrics.update_reversed)."""
-    with torch.no_grad(), autocast(device, amp):
-        return dense_scores(*model(reverse_future(inputs, pred_step)), products)
-
-
-def train_step(model, optimizer, inputs: torch.Tensor, device: torch.device, amp: bool, products: str = "fp32"):
-    loss, scores, targets = pretext_loss(model, inputs, device, amp, products)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+def train_step(model, optimizer, inputs: torch.Tensor, device: torch.device, amp: bool):
+    loss, scores, targets = pretext_loss(model, inputs, device, amp)
+    optimize(optimizer, loss)
     return loss, scores, targets
 
 
-class TrainingDiverged(Exception):
-    """The loss stopped being a finite number."""
+def reversed_future_scores(model, inputs: torch.Tensor, pred_step: int, device: torch.device, amp: bool):
+    """The score matrix of the same clips with their predicted frames reversed (PretextMetrics.update_reversed)."""
+    with torch.no_grad(), autocast(device, amp):
+        return dense_scores(*model(reverse_future(inputs, pred_step)))
 
 
-def check_finite(summary: dict, epoch: int, step: int) -> None:
-    if not math.isfinite(summary["loss"]):
-        raise TrainingDiverged(f"the loss is {summary['loss']} at epoch {epoch + 1}, step {step}; nothing of this "
-                               f"epoch was saved, the last epoch checkpoint is intact; lower --lr and resume from it")
+class PretextTask:
+    """Pretraining's step and metrics for training.fit."""
 
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
 
-def run_epoch(model, step_model, loader, augmenter, optimizer, device, epoch, args, bad_samples, writer=None,
-              first_step=0, stop=None):
-    """One pass over `loader`, whose first `first_step` steps were done before a resume; trains when an
-    optimizer is given. Stops early when `stop.requested`. `step_model` is `model` or its compiled version.
-    Returns (metrics, steps done in the epoch)."""
-    training = optimizer is not None
-    if training:
-        model.train_mode(args.train_what)
-    else:
-        model.eval()
-    metrics = PretextMetrics(step_similarity=not training)
-    steps_per_epoch = first_step + len(loader)
-    stage = "train" if training else "val"
-    batches = DeviceBatches(loader, augmenter, device, args.prefetch, augmenter.generator)
-    progress = tqdm(batches, desc=f"{stage} epoch {epoch + 1}", leave=False, dynamic_ncols=True,
-                    initial=first_step, total=steps_per_epoch)
-    step = first_step
-    with batches:
-        for batch in progress:
-            if batch.problems:
-                bad_samples.add(batch.problems)
-            if training:
-                loss, scores, targets = train_step(step_model, optimizer, batch.inputs, device, args.amp,
-                                                   args.score_products)
-            else:
-                with torch.no_grad():
-                    loss, scores, targets = pretext_loss(step_model, batch.inputs, device, args.amp,
-                                                         args.score_products)
-            if training and epoch == 0 and step == 0:
-                writer.add_image("input_clip", make_grid(denormalize(batch.inputs[0].float()),
-                                                         nrow=batch.inputs.shape[1]), epoch)
-            metrics.update(loss, scores, targets)
-            if not training and args.diagnose_future and args.pred_step > 1:
-                # After update(): a CUDA-graph replay (--compile reduce-overhead) reuses the first pass's outputs.
-                metrics.update_reversed(reversed_future_scores(step_model, batch.inputs, args.pred_step, device,
-                                                               args.amp, args.score_products))
-            step += 1
-            if step % args.print_freq == 0:
-                summary = metrics.summary()
-                check_finite(summary, epoch, step)
-                progress.set_postfix(loss=f"{summary['loss']:.3f}", top1=f"{summary['top1']:.3f}")
-                if training:
-                    for key, value in summary.items():
-                        writer.add_scalar(f"local/{key}", value, epoch * steps_per_epoch + step)
-            if stop is not None and stop.requested:
-                break
-    progress.close()
-    summary = metrics.summary()
-    if summary:
-        check_finite(summary, epoch, step)
-    return summary, step
+    def new_metrics(self, training: bool) -> PretextMetrics:
+        return PretextMetrics(step_similarity=not training)
 
+    def step(self, run: Run, batch, training: bool, metrics: PretextMetrics) -> None:
+        if training:
+            loss, scores, targets = train_step(run.step_model, run.optimizer, batch.inputs, run.device, run.args.amp)
+        else:
+            loss, scores, targets = pretext_loss(run.step_model, batch.inputs, run.device, run.args.amp)
+        metrics.update(loss, scores, targets)
+        if not training and self.args.diagnose_future and self.args.pred_step > 1:
+            # After update(): a CUDA-graph replay (--compile reduce-overhead) reuses the first pass's outputs.
+            metrics.update_reversed(reversed_future_scores(run.step_model, batch.inputs, self.args.pred_step,
+                                                           run.device, run.args.amp))
 
-def epoch_line(epoch: int, epochs: int, train: dict, val: dict, checkpoint: str) -> str:
-    """The console line of one epoch (`val` is empty when --val_freq skipped validation). The shares of wrong
-    validation picks say why a pretext is stuck: mostly temporal at the 1/3 plateau (right video and position,
-    wrong step), mostly other-video when only positions are told apart. The targets' similarity across steps
-    says whether the temporal picks are the prediction's fault or the encoder's: near 1, the encoder gives
-    every frame of a video the same output, and no predictor can tell the steps apart. The top-1 with the
-    predicted frames reversed says whether the top-1 comes from what those frames show: if it hardly drops, the
-    steps are not told apart, or by where they sit or the context the targets see (PretextMetrics.update_reversed)."""
-    line = f"epoch {epoch}/{epochs}  train loss {train['loss']:.4f} top1 {train['top1']:.4f}  "
-    if val:
-        line += (f"val loss {val['loss']:.4f} top1 {val['top1']:.4f} top3 {val['top3']:.4f} top5 {val['top5']:.4f}  "
-                 f"wrong picks: spatial {val['wrong_spatial']:.2f} temporal {val['wrong_temporal']:.2f} "
-                 f"other video {val['wrong_easy']:.2f}  ")
-        if "step_similarity" in val:
-            line += f"targets across steps: cos {val['step_similarity']:.2f}  "
-        if "top1_reversed" in val:
-            line += f"future reversed: top1 {val['top1_reversed']:.4f}  "
-    return line + f"-> {checkpoint}"
+    def describe(self, train: dict, val: dict) -> str:
+        """The shares of wrong validation picks say why a pretext is stuck: mostly temporal at the 1/3 plateau
+        (right video and position, wrong step), mostly other-video when only positions are told apart. The targets'
+        similarity across steps says whether the temporal picks are the prediction's fault or the encoder's: near 1,
+        the encoder gives every frame of a video the same output, and no predictor can tell the steps apart. The
+        top-1 with the predicted frames reversed says whether the top-1 comes from what those frames show
+        (PretextMetrics.update_reversed)."""
+        line = f"train loss {train['loss']:.4f} top1 {train['top1']:.4f}  "
+        if val:
+            line += (f"val loss {val['loss']:.4f} top1 {val['top1']:.4f} top3 {val['top3']:.4f} "
+                     f"top5 {val['top5']:.4f}  wrong picks: spatial {val['wrong_spatial']:.2f} "
+                     f"temporal {val['wrong_temporal']:.2f} other video {val['wrong_easy']:.2f}  ")
+            if "step_similarity" in val:
+                line += f"targets across steps: cos {val['step_similarity']:.2f}  "
+            if "top1_reversed" in val:
+                line += f"future reversed: top1 {val['top1_reversed']:.4f}  "
+        return line
 
 
 def train(args: argparse.Namespace) -> Path:
     device = resolve_speed_flags(args)
     loaders = build_loaders(args, device)
-
     torch.manual_seed(args.seed)
-    model = CPCTrans(args.net, args.num_seq, args.pred_step, args.attn, args.pos_enc, args.gru_dropout)
+    model = FuturePredictor(args.net, args.num_seq, args.pred_step, args.attn, args.pos_enc, args.gru_dropout)
     if args.pretrain:
         print(load_pretrained(model, args.pretrain))
     if args.train_what == "last":
         model.encoder.backbone.requires_grad_(False)
     step_model = prepare_model(model, device, args.compile)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adam(parameters, device, args.lr, args.wd)
+    optimizer = adam([p for p in model.parameters() if p.requires_grad], device, args.lr, args.wd)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)
-    run_dir = run_folder(args, run_name(args))
-    model_dir = run_dir / "model"
-
-    best_acc, start_step, resume_rng = resume_training(args, model, model.config, optimizer, scheduler,
-                                                       model_dir)
-
     recipe = pretraining_recipe(args.color_aug, args.gray, args.resize)
     augmenters = {stage: ClipAugment(recipe, args.img_dim, compiled=args.compile is not None)
                   for stage in ("train", "val")}
-    bad_samples = BadSamples(args.max_bad_samples)
-    print(f"pretraining on {device} ({speed_summary(args)}, score_products={args.score_products}); "
-          f"logs and checkpoints in {run_dir}")
-
-    val_metrics = {}
-    with stage_writers(run_dir) as writers, GracefulStop() as stop:
-        for epoch in range(args.start_epoch, args.epochs):
-            skip = start_step if epoch == args.start_epoch else 0
-            begin_epoch(loaders["train"], augmenters["train"], args.seed, epoch, skip, resume_rng, device)
-            train_metrics, steps = run_epoch(model, step_model, loaders["train"], augmenters["train"], optimizer,
-                                             device, epoch, args, bad_samples, writers["train"], first_step=skip,
-                                             stop=stop)
-            if steps < skip + len(loaders["train"]):
-                rng = rng_snapshot(augmenters["train"], device)
-                state = training_state(model, model.config, optimizer, scheduler, args, epoch, steps, best_acc, rng)
-                save_interrupted(state, model_dir, stop.requested)
-                return model_dir
-            val_metrics = {}
-            if validates(args, epoch):
-                begin_validation(loaders["val"], augmenters["val"], args.seed, epoch)
-                val_metrics, _ = run_epoch(model, step_model, loaders["val"], augmenters["val"], None, device, epoch,
-                                           args, bad_samples)
-            scheduler.step()
-            for stage, metrics in (("train", train_metrics), ("val", val_metrics)):
-                for key, value in metrics.items():
-                    writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
-            is_best, best_acc = best_after(val_metrics, best_acc)
-            path = save_epoch(training_state(model, model.config, optimizer, scheduler, args, epoch + 1, 0, best_acc,
-                                             val_metrics=val_metrics),
-                              model_dir, epoch + 1, is_best, saves(args, epoch, bool(stop.requested)))
-            tqdm.write(epoch_line(epoch + 1, args.epochs, train_metrics, val_metrics, saved_as(path)))
-            if stop.requested:
-                print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
-                return model_dir
-    warning = plateau_warning(val_metrics, args.pred_step, model_dir, args.color_aug)
+    run = Run(args, model, step_model, model.config, optimizer, scheduler, loaders, augmenters, device,
+              run_folder(args, run_name(args)))
+    print(f"pretraining on {device} ({speed_summary(args)}); logs and checkpoints in {run.run_dir}")
+    model_dir, last_val = fit(run, PretextTask(args))
+    warning = plateau_warning(last_val, args.pred_step, model_dir, args.color_aug)
     if warning:
         print(warning)
     return model_dir

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from CPCTrans.data import clips_to_device, to_device
+from CPCTrans.data import clips_to_device
+from CPCTrans.device import to_device
 
 _END = object()
 

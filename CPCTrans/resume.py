@@ -13,7 +13,11 @@ import numpy as np
 import torch
 
 from CPCTrans.checkpoint import CheckpointError, load, save_atomic
-from CPCTrans.data import epoch_seed
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch of a run seeded with `seed`."""
+    return seed * 100_003 + epoch
 
 
 def seed_epoch(seed: int, epoch: int) -> int:
@@ -116,6 +120,6 @@ def resume_training(args, model, config: dict, optimizer, scheduler, model_dir: 
     if not args.reset_lr:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    args.start_epoch, step = state["epoch"], state.get("step", 0)
+    args.start_epoch, step = state["epoch"], state["step"]
     print(f"resumed from {path} at epoch {args.start_epoch}" + (f", step {step}" if step else ""))
-    return state["best_acc"], step, state.get("rng")
+    return state["best_acc"], step, state["rng"]

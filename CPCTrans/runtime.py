@@ -1,7 +1,7 @@
 """What the training and testing CLIs share: device and speed flags, autocast, Adam, checkpoint rotation, the
 validation schedule, tensorboard writers, errors."""
 import argparse
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -10,6 +10,7 @@ from tensorboardX import SummaryWriter
 from CPCTrans.augment import RESIZE_KINDS
 from CPCTrans.checkpoint import save_atomic
 from CPCTrans.convgru import GRU_DROPOUT
+from CPCTrans.device import select_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,18 +41,6 @@ def stage_writers(run_dir: Path):
             writer.close()
 
 
-def select_device(choice: str, gpu: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was given but no CUDA device is visible; use --device cpu or auto")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(str(gpu).split(",")[0]))
-
-
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
 def save_epoch(state: dict, model_dir: Path, epoch: int, is_best: bool, write_epoch: bool = True) -> Path | None:
     """Writes epochN.pth.tar when `write_epoch` and model_best_epochN.pth.tar when `is_best`; the files they
     replace, and the checkpoints of interrupted epochs, go only after the new ones are complete.
@@ -80,12 +69,12 @@ def _due(freq: int, epoch: int, epochs: int) -> bool:
     return (epoch + 1) % freq == 0 or epoch + 1 == epochs
 
 
-def validates(args, epoch: int) -> bool:
+def should_validate(args, epoch: int) -> bool:
     """Whether 0-based `epoch` ends with a validation (--val_freq); the last epoch always does."""
     return _due(args.val_freq, epoch, args.epochs)
 
 
-def saves(args, epoch: int, stopping: bool) -> bool:
+def should_save(args, epoch: int, stopping: bool) -> bool:
     """Whether 0-based `epoch` ends with an epoch checkpoint (--save_freq): every N epochs, after the last one,
     and when the run is being stopped, so that a stop never loses a finished epoch."""
     return stopping or _due(args.save_freq, epoch, args.epochs)
@@ -151,7 +140,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 def add_compile_flag(parser) -> None:
     parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
-                        help="torch.compile the model and the training augmentation's colour operations; MODE "
+                        help="torch.compile the model and the training augmentation's color operations; MODE "
                              "reduce-overhead also replays each model step as a CUDA graph, which removes the "
                              "per-kernel launch cost that bounds small batches (choices: "
                              + ", ".join(COMPILE_MODES) + "; --compile alone: default)")
@@ -166,15 +155,12 @@ def add_speed_flags(parser) -> None:
                         help="bf16 autocast (default: on for CUDA)")
     parser.add_argument("--decode", default="cpu", choices=["cpu", "gpu"],
                         help="where JPEGs are decoded: in the loader workers (cpu) or batched with nvJPEG (gpu; "
-                             "its pixels differ from libjpeg's, see README)")
+                             "its pixels differ from libjpeg's, docs/speed.md)")
     add_compile_flag(parser)
     parser.add_argument("--prefetch", default=None, type=int,
                         help="batches copied and augmented ahead in a background thread (default: 2 on CUDA, "
                              "0 on the CPU, where the step and the thread would share the same cores)")
-    parser.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=False,
-                        help="let cuDNN time its algorithms for each new input shape and keep the fastest, as DPC's "
-                             "scripts always do; each new shape (a last smaller batch too) costs some seconds of "
-                             "timing (CUDA only; off by default until measured, see README)")
+
 
 
 MIN_IMG_DIM = 32  # the trunk downsamples by 32: anything smaller has no feature map left to predict
@@ -186,8 +172,7 @@ def check_img_dim(parser: argparse.ArgumentParser, img_dim: int | None) -> None:
 
 
 def resolve_speed_flags(args) -> torch.device:
-    """Fills --amp and --prefetch for the chosen device, checks --decode and sets cuDNN's autotuning; returns the
-    device."""
+    """Fills --amp and --prefetch for the chosen device and checks --decode; returns the device."""
     device = select_device(args.device, args.gpu)
     if args.amp is None:
         args.amp = device.type == "cuda"
@@ -195,15 +180,12 @@ def resolve_speed_flags(args) -> torch.device:
         args.prefetch = 2 if device.type == "cuda" else 0
     if args.decode == "gpu" and device.type != "cuda":
         raise SystemExit("--decode gpu needs a CUDA device; use --decode cpu")
-    # Process-wide in torch: set by every run, so that runs in one process (the experiment's) take their own flag.
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark and device.type == "cuda"
     return device
 
 
 def speed_summary(args) -> str:
     """The speed flags a run resolved to, for its first line."""
-    return (f"amp={args.amp}, decode={args.decode}, compile={args.compile or 'off'}, "
-            f"cudnn_benchmark={torch.backends.cudnn.benchmark}")
+    return f"amp={args.amp}, decode={args.decode}, compile={args.compile or 'off'}"
 
 
 def adam(params, device: torch.device, lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -220,7 +202,6 @@ def prepare_model(model: torch.nn.Module, device: torch.device, compile_mode: st
     Keep the uncompiled `model` for state_dict(): compiled modules prefix every name.
     """
     if device.type == "cuda":
-        model.encoder.channels_last = True
         model.to(memory_format=torch.channels_last)
     model.to(device)
     return torch.compile(model, mode=compile_mode) if compile_mode else model

@@ -1,9 +1,10 @@
-"""The action classifier ("LC", DESIGN.md §4) on the encoder shared with pretraining."""
+"""The action classifier ("LC", docs/method.md) on the encoder shared with pretraining."""
 import torch
 from torch import nn
 
-from CPCTrans.convgru import GRU_DROPOUT, ConvGRU, init_orthogonal
+from CPCTrans.convgru import GRU_DROPOUT, ConvGRU
 from CPCTrans.encoder import VideoEncoder
+from CPCTrans.weight_init import init_orthogonal
 
 TRAIN_WHAT = ("ft", "all", "last")
 

@@ -1,7 +1,7 @@
 """Pretrained vs random initialisation on the demo dataset: the reference's comparison table in miniature.
 
-    python Evaluate/experiment.py --preset cpu      # 2 CPU cores, under 30 minutes
-    python Evaluate/experiment.py --preset gpu      # one H100/H200: 2 minutes a seed and attention (H200), 2 at a time
+    python Evaluate/experiment.py --preset cpu      # on a CPU
+    python Evaluate/experiment.py --preset gpu      # on one GPU, two runs at a time (docs/results.md: times)
 
 For every --attn and seed: pretrain with CPCTrans/main.py, then, from those weights and from a random
 initialisation, finetune (--train_what ft) and linearly probe (--train_what last) with Evaluate/test.py,
@@ -37,7 +37,9 @@ from CPCTrans.data import DataError
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.resume import resumable_checkpoints
 from CPCTrans.runtime import REPO_ROOT, add_compile_flag, run_folder, user_error
+from Evaluate import finetune, retrieval, testing
 from Evaluate import test as evaluation
+from Evaluate.inputs import fill_data_flags
 from ProcessData import extract_frame, make_demo, write_csv
 
 
@@ -57,16 +59,11 @@ class Preset:
 
 
 PRESETS = {
-    # 90 videos (60 train / 30 test), 60 pretraining steps per run: 2 cores, under 30 minutes for 3 seeds x 2.
+    # 90 videos (60 train / 30 test), 60 pretraining steps per run: sized for two CPU cores.
     "cpu": Preset(groups=9, clips=2, frames=30, img_dim=64, batch_size=16, workers=0, device="cpu",
                   pretrain_epochs=20, finetune_epochs=10, probe_epochs=10, jobs=1),
-    # 1,200 videos (800 train / 400 test) at 128 px, 1,500 pretraining steps per run. Measured on an H200 (full
-    # attention, seeds 0 and 1): with per-clip colour the pretext leaves its 1/3 plateau and the linear probe
-    # gains 17-31 points; with the reference's per-frame colour it stays there and finetuning loses 33 (README).
-    # Two at a time (H200, 16 cores): one seed and attention alone took 2.0 minutes, two side by side 3.0 each;
-    # three side by side, each with its 12 loader workers, were still on their first runs when the command was
-    # stopped 9.4 minutes in, data included (pretrained, random weights finetuned and probed; about 80% of a run's
-    # time alone): slower than one at a time.
+    # 1,200 videos (800 train / 400 test) at 128 px, 1,500 pretraining steps per run: long enough for the pretext
+    # to leave its 1/3 plateau with per-clip color. Two runs at a time share the card best (docs/results.md).
     "gpu": Preset(groups=30, clips=8, frames=40, img_dim=128, batch_size=32, workers=12, device="cuda",
                   pretrain_epochs=60, finetune_epochs=10, probe_epochs=10, jobs=2),
     # The machinery end to end in about a minute per seed on a CPU; its numbers mean nothing.
@@ -94,7 +91,7 @@ def prepare_dataset(out: Path, preset: Preset, photos: Path | None = None) -> Pa
     CSV folder. A folder whose videos were filmed over other canvases is refused, never mixed or reused."""
     canvases = canvases_name(photos)
     record = out / "canvases.txt"
-    made_over = record.read_text() if record.is_file() else canvases_name(None)  # folders from before --photos
+    made_over = record.read_text() if record.is_file() else "canvases it does not record"
     if made_over != canvases and (out / "videos").exists():
         raise make_demo.DemoError(f"{out}: its videos were filmed over {made_over}, not {canvases}; give another "
                                   f"--out")
@@ -201,15 +198,15 @@ class Runner:
                                       train_what, "--seed", str(seed), "--prefix", prefix, *architecture,
                                       "--val_freq", str(epochs), "--save_freq", str(epochs),
                                       "--log_root", str(self.logs / "finetune")])
-        evaluation.fill_data_flags(args)
-        model_dir = run_folder(args, evaluation.run_name(args)) / "model"
+        fill_data_flags(args)
+        model_dir = run_folder(args, finetune.run_name(args)) / "model"
         checkpoint = model_dir / f"epoch{epochs}.pth.tar"
 
         def finetune_and_test():
             if not checkpoint.is_file():
                 continue_run(args, model_dir)
-                evaluation.finetune(args)
-            evaluation.test(evaluation.parse_args(["--test", str(last_checkpoint(model_dir, epochs)), "--csv_root",
+                finetune.finetune(args)
+            testing.test(evaluation.parse_args(["--test", str(last_checkpoint(model_dir, epochs)), "--csv_root",
                                                    str(self.csv_root), "--workers", str(self.preset.workers),
                                                    "--device", self.preset.device]))
         with self.timed("finetuning and test" if train_what == "ft" else "linear probe and test", init):
@@ -220,9 +217,9 @@ class Runner:
         args = evaluation.parse_args([*self.common, "--retrieval", init, "--seed", str(seed), *architecture,
                                       "--prefix", "retrieval", "--log_root", str(self.logs / "retrieval")])
         path = (Path(init).with_name(Path(init).name + ".retrieval.json") if init != "random" else
-                evaluation.random_retrieval_path(args, attn, self.pos_enc))
+                retrieval.random_retrieval_path(args, attn, self.pos_enc))
         with self.timed("retrieval", init):
-            return cached(path, lambda: evaluation.retrieve(args), "probe_top1")
+            return cached(path, lambda: retrieval.retrieve(args), "probe_top1")
 
 
 def run_unit(runner: Runner, attn: str, seed: int) -> dict:
@@ -237,7 +234,7 @@ def run_unit(runner: Runner, attn: str, seed: int) -> dict:
         retrieved = runner.retrieve(source, attn, seed)
         row["feature probe"].append(retrieved["probe_top1"])
         row["retrieval"].append(retrieved["R@1"])
-    pretext = load(checkpoint).get("val_metrics", {})  # empty in checkpoints from before it was kept
+    pretext = load(checkpoint)["val_metrics"]
     for name, key, *_ in PRETEXT:
         if key in pretext:
             results[(attn, "pretrained")][name] = [pretext[key]]
@@ -289,7 +286,7 @@ def side_by_side_jobs(requested: int | None, preset: Preset, units: int) -> int:
 def share_of_workers(preset: Preset, jobs: int) -> Preset:
     """The preset each of `jobs` runs side by side takes: its share of the loader workers, as of the CPU threads, at
     least one (none where the preset loads in the main process). The preset's count is for one run alone on the
-    machine (three runs side by side with 12 each, 36 on 16 cores, were slower than one at a time; RESULTS.md).
+    machine (more workers than cores made runs side by side slower than one at a time; docs/results.md).
     Which clips a run sees comes from its seed, not from how many workers load them."""
     return replace(preset, workers=max(1, preset.workers // jobs) if preset.workers else 0)
 
@@ -345,10 +342,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--attn", nargs="+", default=["full", "causal"], choices=ATTENTION_KINDS)
     parser.add_argument("--pos_enc", default="none", choices=POSITION_KINDS)
-    # Per clip by default: on the demo videos the reference's per-frame colour leaves the pretext on its 1/3
-    # plateau, from which finetuning does worse than from random weights (README, "Does the pretraining help?").
+    # Per clip by default: on the demo videos the reference's per-frame color leaves the pretext on its 1/3
+    # plateau, whose weights finetune no better than random ones (docs/results.md).
     parser.add_argument("--color_aug", default="clip", choices=COLOR_AUG_KINDS,
-                        help="pretraining's colour augmentation, per clip (default here) or per frame (the "
+                        help="pretraining's color augmentation, per clip (default here) or per frame (the "
                              "reference, CPCTrans/main.py's default)")
     parser.add_argument("--pretrain_epochs", type=int, default=None,
                         help="pretrain this many epochs instead of the preset's (the plateau may need more)")

@@ -34,7 +34,7 @@ class DemoError(Exception):
 
 
 def textured_canvas(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth colour noise with a scatter of shapes: structure at several scales to track."""
+    """Smooth color noise with a scatter of shapes: structure at several scales to track."""
     coarse = rng.integers(0, 256, size=(height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
     canvas = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     for _ in range(rng.integers(30, 60)):

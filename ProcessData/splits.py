@@ -1,4 +1,4 @@
-"""Readers for the official split lists (DESIGN.md §5), as released: CRLF endings, trailing spaces and all."""
+"""Readers for the official split lists (docs/method.md, "Data formats"), as released: CRLF endings, trailing spaces and all."""
 import re
 from dataclasses import dataclass
 from pathlib import Path

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from ProcessData import extract_frame, make_demo, write_csv
+from reference_oracle import load_reference
 
 DATA = Path(__file__).parent / "data"
 
@@ -29,3 +30,9 @@ def official_lists(tmp_path) -> dict[str, Path]:
         copies[name] = tmp_path / name
         shutil.copytree(DATA / name, copies[name])
     return copies
+
+
+@pytest.fixture
+def reference(monkeypatch):
+    """The reference implementation's code, for tests marked reference (reference_oracle.py)."""
+    return load_reference(monkeypatch)

@@ -33,9 +33,9 @@ def _load_file(relative: str, module_name: str) -> types.ModuleType:
     return module
 
 
-@pytest.fixture
-def reference(monkeypatch) -> types.SimpleNamespace:
-    """CPC_Trans (pretraining), LC (the classifier) and the augmentation module of the reference."""
+def load_reference(monkeypatch) -> types.SimpleNamespace:
+    """CPC_Trans (pretraining), LC (the classifier) and the augmentation module of the reference, runnable for the
+    duration of the test that owns `monkeypatch`."""
     monkeypatch.setattr(collections, "Iterable", collections.abc.Iterable, raising=False)
     monkeypatch.setattr(torch.Tensor, "cuda", lambda tensor, *args, **kwargs: tensor)
     monkeypatch.setitem(sys.modules, "joblib", types.SimpleNamespace(Parallel=None, delayed=None))

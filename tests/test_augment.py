@@ -1,6 +1,4 @@
 """Batched augmentation: what is shared by a clip's frames, what is drawn per frame, and the ranges."""
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -42,22 +40,22 @@ def test_pretraining_draws_grayscale_and_jitter_per_frame():
     assert not torch.allclose(out[:, 0], out[:, 1])
 
 
-def test_pretraining_colour_drawn_per_clip_shares_one_draw_with_the_same_distribution():
+def test_pretraining_color_drawn_per_clip_shares_one_draw_with_the_same_distribution():
     assert augment.pretraining_recipe("frame") == PRETRAIN
     count = 4000
     params = sample_params(augment.pretraining_recipe("clip"), torch.tensor([[240, 320]] * count), 5, generator())
     for drawn in (params.gray, params.jitter_on, params.factors, params.order):
-        assert (drawn == drawn[:, :1]).all(), "one colour draw for all frames of a clip"
+        assert (drawn == drawn[:, :1]).all(), "one color draw for all frames of a clip"
     assert params.gray[:, 0].float().mean() == pytest.approx(0.5, abs=0.03)
     # brightness, contrast and saturation factors in 1 +- 0.5, the hue shift in 0 +- 0.25
     for factor, centre, spread in zip(params.factors[:, 0].unbind(-1), (1.0, 1.0, 1.0, 0.0), (0.5, 0.5, 0.5, 0.25)):
         assert factor.min() >= centre - spread and factor.max() <= centre + spread
         assert factor.max() - factor.min() > 1.9 * spread
-    with pytest.raises(ValueError, match="colour augmentation"):
+    with pytest.raises(ValueError, match="color augmentation"):
         augment.pretraining_recipe("video")
 
 
-def test_finetuning_colour_is_consistent_across_the_clip():
+def test_finetuning_color_is_consistent_across_the_clip():
     params = sample_params(FINETUNE_TRAIN, torch.tensor([[240, 320]] * 64), 7, generator())
     assert (params.factors == params.factors[:, :1]).all()
     assert (params.jitter_on == params.jitter_on[:, :1]).all()
@@ -81,46 +79,32 @@ def test_parameter_distributions_match_the_reference():
     assert torch.allclose(first_ops, torch.full((4,), 0.25), atol=0.02)
 
 
-def test_colour_jitter_applies_each_frames_operations_in_its_own_order_like_torchvision():
+def test_color_jitter_applies_each_frames_operations_in_its_own_order_like_torchvision():
     """Frame by frame, the batched jitter equals torchvision's four functional operations applied one after
     another in the order and with the factors drawn for that frame; frames drawn without jitter are untouched."""
-    frames = torch.rand(24, 3, 16, 16, generator=generator())
-    params = sample_params(PRETRAIN, torch.tensor([[16, 16]] * 6), 4, generator(1))
-    on = torch.rand(24, generator=generator(2)) < 0.7
-    factors, order = params.factors.flatten(0, 1), params.order.flatten(0, 1)
-    jittered = augment.color_jitter(frames.clone(), on, factors, order)
+    recipe = augment.Recipe(crop="center", jitter=(0.5, 0.5, 0.5, 0.25), jitter_p=0.7, per_frame_color=True,
+                            resize="bilinear")
+    clips = torch.randint(0, 256, (6, 4, 3, 16, 16), dtype=torch.uint8, generator=generator())
+    params = sample_params(recipe, torch.tensor([[16, 16]] * 6), 4, generator(1))
+    jittered = augment.denormalize(apply_params(clips, params, 16, recipe)).flatten(0, 1)
+    assert 0 < params.jitter_on.sum() < params.jitter_on.numel()
     operations = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-    for frame, out, frame_on, frame_factors, frame_order in zip(frames, jittered, on, factors, order):
+    drawn = zip(params.jitter_on.flatten(), params.factors.flatten(0, 1), params.order.flatten(0, 1))
+    for frame, out, (frame_on, frame_factors, frame_order) in zip(clips.flatten(0, 1).float() / 255, jittered, drawn):
         expected = frame
         for op_index in frame_order.tolist() if frame_on else []:
             expected = operations[op_index](expected, float(frame_factors[op_index]))
         assert torch.allclose(out, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("recipe", [PRETRAIN, augment.pretraining_recipe("clip"),
-                                    augment.pretraining_recipe("frame", gray="luminance"), FINETUNE_TRAIN,
-                                    FINETUNE_VAL, TEST],
-                         ids=["pretraining", "pretraining per clip", "pretraining luminance", "finetuning",
-                              "finetuning validation", "test"])
-def test_fused_colour_gives_the_per_group_operations_clips_bit_for_bit(recipe):
-    """What --compile compiles (fused_colour: every frame through every operation, each keeping what its draws
-    chose) gives the same clips as the operations applied group by group, the path without --compile."""
-    clips = torch.randint(0, 256, (16, 5, 3, 120, 160), dtype=torch.uint8, generator=generator(5))
-    params = sample_params(recipe, torch.tensor([[120, 160]] * 16), 5, generator(6))
-    fused = apply_params(clips, params, 48, recipe, augment.fused_colour)
-    assert torch.equal(fused, apply_params(clips, params, 48, recipe))
-    if recipe.jitter_p:  # the draws did reach the colour: without them the clips differ
-        assert not torch.equal(fused, apply_params(clips, params, 48, replace(recipe, jitter=None)))
-
-
-def test_finetuning_without_colour_jitter_draws_the_same_crops_and_flips_and_no_colour():
+def test_finetuning_without_color_jitter_draws_the_same_crops_and_flips_and_no_color():
     sizes = torch.tensor([[240, 320]] * 4000)
     assert augment.finetuning_recipes(True) == (FINETUNE_TRAIN, FINETUNE_VAL)
     for jittered, plain in zip(augment.finetuning_recipes(True), augment.finetuning_recipes(False)):
-        with_colour, without = (sample_params(recipe, sizes, 5, generator()) for recipe in (jittered, plain))
-        assert with_colour.jitter_on[:, 0].float().mean() == pytest.approx(0.3, abs=0.03)
+        with_color, without = (sample_params(recipe, sizes, 5, generator()) for recipe in (jittered, plain))
+        assert with_color.jitter_on[:, 0].float().mean() == pytest.approx(0.3, abs=0.03)
         assert not without.jitter_on.any() and not without.gray.any()
-        assert torch.equal(without.boxes, with_colour.boxes) and torch.equal(without.flip, with_colour.flip)
+        assert torch.equal(without.boxes, with_color.boxes) and torch.equal(without.flip, with_color.flip)
 
 
 def test_random_sized_crops_keep_area_and_aspect_in_range():
@@ -188,7 +172,7 @@ def test_clips_stored_channel_last_augment_exactly_like_channel_first_ones():
     assert torch.equal(augment.ten_crop(channel_last, sizes, 32), augment.ten_crop(clips, sizes, 32))
 
 
-def colour_bars(frames=1, height=8, width=8):
+def color_bars(frames=1, height=8, width=8):
     """uint8 frames whose red, green and blue channels hold 10, 20 and 30."""
     clip = torch.zeros(1, frames, 3, height, width, dtype=torch.uint8)
     clip[:, :, 0], clip[:, :, 1], clip[:, :, 2] = 10, 20, 30
@@ -197,7 +181,7 @@ def colour_bars(frames=1, height=8, width=8):
 
 def test_grayscale_copies_one_random_channel_to_all_three_or_uses_luminance():
     count = 3000
-    clip = colour_bars(frames=count)
+    clip = color_bars(frames=count)
     # luminance: 0.299 * 10 + 0.587 * 20 + 0.114 * 30 = 18.15
     for gray, allowed in (("channel", {(10,) * 3, (20,) * 3, (30,) * 3}), ("luminance", {(18,) * 3})):
         recipe = augment.Recipe(crop="center", gray_p=1.0, per_frame_color=True, gray=gray, resize="bilinear")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from CPCTrans.checkpoint import CheckpointError, load, load_matching, load_pretrained, save_atomic
-from CPCTrans.cpc import CPCTrans
+from CPCTrans.cpc import FuturePredictor
 from CPCTrans.runtime import save_epoch
 from Evaluate.classifier import VideoClassifier
 
@@ -22,7 +22,7 @@ class WritesAFile:
 
 
 def test_saved_checkpoint_loads_with_weights_only(tmp_path):
-    model = CPCTrans()
+    model = FuturePredictor()
     path = tmp_path / "epoch1.pth.tar"
     save_atomic({"kind": "cpc", "state_dict": model.state_dict(), "model_config": model.config, "epoch": 1}, path)
     state = torch.load(path, weights_only=True)
@@ -48,7 +48,7 @@ def test_wrong_kind_is_named(tmp_path):
 
 
 def test_pretrained_weights_load_by_name_with_a_report():
-    pretrained = CPCTrans()
+    pretrained = FuturePredictor()
     classifier = VideoClassifier(num_classes=4)
     report = load_matching(classifier, pretrained.state_dict())
     assert torch.equal(classifier.encoder.backbone.conv1.weight, pretrained.encoder.backbone.conv1.weight)

@@ -1,4 +1,4 @@
-"""Clip sampling, the CSV index and the loader's uint8 clips (DESIGN.md §3, §5)."""
+"""Clip sampling, the CSV index and the loader's uint8 clips (docs/method.md)."""
 import cv2
 import numpy as np
 import pytest

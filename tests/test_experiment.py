@@ -99,7 +99,7 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert len(pretrained["targets across steps cos"]) == 1 and -1.0 <= pretrained["targets across steps cos"][0] <= 1
     assert "pretext top1" not in rows[("full", "random")]
     assert "| full | pretrained |" in (tmp_path / "results.md").read_text()
-    # Pretrained with per-clip colour unless told otherwise, and the pretraining itself recorded it.
+    # Pretrained with per-clip color unless told otherwise, and the pretraining itself recorded it.
     assert report["color_aug"] == "clip"
     assert report["photos"] is None and "textured canvases" in (tmp_path / "results.md").read_text()
     pretraining, = tmp_path.glob("logs/pretrain/**/epoch1.pth.tar")
@@ -125,7 +125,7 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert json.loads((tmp_path / "results.json").read_text())["results"] == report["results"]
     assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
 
-    # The reference's per-frame colour in the same folder: pretrained anew, the random-init runs reused.
+    # The reference's per-frame color in the same folder: pretrained anew, the random-init runs reused.
     assert experiment.main([*argv, "--color_aug", "frame"]) == 0
     assert len(list(tmp_path.glob("logs/**/epoch1.pth.tar"))) == 8  # a pretraining, a finetuning, a probe
     assert {path: path.stat().st_mtime_ns for path in checkpoints} == written
@@ -162,7 +162,7 @@ def test_smoke_preset_runs_every_stage_and_reruns_reuse_the_finished_ones(tmp_pa
     assert [{key: value[:1] if isinstance(value, list) else value for key, value in row.items()}
             for row in both["results"]] == report["results"]
     assert all(len(value) == 2 for row in both["results"] for value in row.values() if isinstance(value, list))
-    assert len(list(tmp_path.glob("logs/pretrain/**/epoch1.pth.tar"))) == 3  # seed 0 twice (colours), seed 1
+    assert len(list(tmp_path.glob("logs/pretrain/**/epoch1.pth.tar"))) == 3  # seed 0 twice (colors), seed 1
     assert "pretraining on cpu" in (tmp_path / "logs" / "full_seed1.txt").read_text()
     assert "pretraining on cpu" not in (tmp_path / "logs" / "full_seed0.txt").read_text()
 

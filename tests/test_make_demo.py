@@ -30,7 +30,7 @@ def test_videos_rendered_by_several_processes_are_one_generators_videos_in_order
     assert len({content for name, content in two.items() if name.suffix == ".avi"}) == len(CLASSES) * 3 * 2
 
 
-def first_frame_colour(path: Path) -> np.ndarray:
+def first_frame_color(path: Path) -> np.ndarray:
     capture = cv2.VideoCapture(str(path))
     ok, frame = capture.read()
     capture.release()
@@ -50,9 +50,9 @@ def test_photo_canvases_film_the_photos_in_any_number_of_processes(tmp_path):
                   canvas=PhotoCanvases(photos))
     one, two = files(tmp_path / "workers1"), files(tmp_path / "workers2")
     assert one == two
-    colours = [first_frame_colour(tmp_path / "workers1" / name) for name in one if name.suffix == ".avi"]
-    nearest = [min((red, blue), key=lambda photo: np.abs(colour - photo).max()) for colour in colours]
-    assert all(np.abs(colour - photo).max() < 4 for colour, photo in zip(colours, nearest))
+    colors = [first_frame_color(tmp_path / "workers1" / name) for name in one if name.suffix == ".avi"]
+    nearest = [min((red, blue), key=lambda photo: np.abs(color - photo).max()) for color in colors]
+    assert all(np.abs(color - photo).max() < 4 for color, photo in zip(colors, nearest))
     assert {red, blue} == set(nearest)
 
 

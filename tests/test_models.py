@@ -1,10 +1,10 @@
-"""Shapes and structure of the encoder, the pretraining model and the classifier (DESIGN.md §2, §4)."""
+"""Shapes and structure of the encoder, the pretraining model and the classifier (docs/method.md)."""
 import pytest
 import torch
 
 from CPCTrans.backbone import ResNet18Trunk
 from CPCTrans.convgru import ConvGRU
-from CPCTrans.cpc import CPCTrans
+from CPCTrans.cpc import FuturePredictor
 from CPCTrans.encoder import VideoEncoder
 from Evaluate.classifier import VideoClassifier
 
@@ -75,7 +75,7 @@ def test_without_position_encoding_swapping_frames_swaps_outputs_and_with_it_doe
 
 
 def test_learned_position_tables_pass_from_pretraining_to_the_classifier():
-    pretrained = CPCTrans(pos_enc="learned").state_dict()
+    pretrained = FuturePredictor(pos_enc="learned").state_dict()
     classifier = VideoClassifier(num_classes=5, pos_enc="learned")
     assert {"encoder.position.frame", "encoder.position.row", "encoder.position.column"} <= set(pretrained)
     assert set(pretrained) & set(classifier.state_dict()) >= {"encoder.position.frame"}
@@ -88,7 +88,7 @@ def test_sincos_positions_are_distinct_for_every_token():
 
 
 def test_cpc_predicts_pred_step_maps_and_classifier_gives_logits():
-    model = CPCTrans(num_seq=5, pred_step=3)
+    model = FuturePredictor(num_seq=5, pred_step=3)
     predictions, targets = model(torch.randn(2, 5, 3, 64, 64))
     assert predictions.shape == targets.shape == (2, 3, 256, 2, 2)
     classifier = VideoClassifier(num_classes=7).eval()
@@ -97,11 +97,11 @@ def test_cpc_predicts_pred_step_maps_and_classifier_gives_logits():
 
 def test_pred_step_must_leave_context():
     with pytest.raises(ValueError, match="--pred_step"):
-        CPCTrans(num_seq=3, pred_step=3)
+        FuturePredictor(num_seq=3, pred_step=3)
 
 
 def test_classifier_shares_parameter_names_with_pretraining():
-    shared = set(CPCTrans().state_dict()) & set(VideoClassifier(num_classes=5).state_dict())
+    shared = set(FuturePredictor().state_dict()) & set(VideoClassifier(num_classes=5).state_dict())
     assert any(name.startswith("encoder.backbone.") for name in shared)
     assert any(name.startswith("encoder.transformer.") for name in shared)
     assert any(name.startswith("agg.") for name in shared)
@@ -129,7 +129,7 @@ def test_finetune_gives_encoder_a_tenth_of_the_learning_rate():
 def test_attention_and_gru_gates_start_as_separate_orthogonal_matrices():
     """As the reference's separate q, k, v layers and gate convolutions: each block alone is orthogonal, so each
     starts at the reference's scale (one orthogonal 768 x 256 matrix would give rows of norm 1/sqrt(3))."""
-    model = CPCTrans()
+    model = FuturePredictor()
     for layer in model.encoder.transformer.layers:
         for block in layer.self_attn.in_proj_weight.detach().chunk(3):
             assert torch.allclose(block @ block.T, torch.eye(256), atol=1e-4)
@@ -146,7 +146,7 @@ def test_gru_dropout_acts_on_the_hidden_state_after_every_step():
 
 
 def test_pretraining_drops_out_after_every_context_and_prediction_step():
-    model = CPCTrans(num_seq=5, pred_step=3, gru_dropout=0.1).train()
+    model = FuturePredictor(num_seq=5, pred_step=3, gru_dropout=0.1).train()
     calls = []
     model.agg.dropout.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
     model(torch.randn(2, 5, 3, 64, 64))
@@ -154,7 +154,7 @@ def test_pretraining_drops_out_after_every_context_and_prediction_step():
 
 
 def test_a_frozen_trunk_keeps_its_batchnorm_statistics_in_pretraining():
-    model = CPCTrans()
+    model = FuturePredictor()
     model.train_mode("last")
     assert not model.encoder.backbone.training and model.encoder.transformer.training and model.agg.training
     before = model.encoder.backbone.bn1.running_mean.clone()

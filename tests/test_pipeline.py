@@ -15,6 +15,8 @@ import torch
 
 from CPCTrans import main as pretraining
 from Evaluate import test as evaluation
+from Evaluate.finetune import run_name as finetune_run_name
+from Evaluate.inputs import fill_data_flags
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--img_dim", "64", "--batch_size", "4", "--workers", "1", "--device", "cpu", "--num_seq", "5",
@@ -150,13 +152,11 @@ def test_a_checkpoint_on_the_pretext_plateau_is_named_in_a_warning(pretrained, d
     state["val_metrics"].update(top1=0.3333, wrong_temporal=0.9375, step_similarity=0.9932)
     plateau = tmp_path / "plateau.pth.tar"
     torch.save(state, plateau)
-    # The same once more, as if pretrained with per-clip colour: the advice to use it goes.
+    # The same once more, as if pretrained with per-clip color: the advice to use it goes.
     state["args"]["color_aug"] = "clip"
     plateau_per_clip = tmp_path / "plateau_per_clip.pth.tar"
     torch.save(state, plateau_per_clip)
-    per_clip_advice = (", or pretrain with --color_aug clip: on the demo videos (H200, 128 px) per-clip colour left "
-                       "the plateau after about 800 steps where the reference's per-frame colour stayed on it for all "
-                       "1,500")
+    per_clip_advice = ", or pretrain with --color_aug clip"
     finetune = [*SMALL, "--epochs", 1, "--log_root", tmp_path, "--pretrain"]
     for flags, source, advice in ((["--retrieval"], checkpoint, None), (["--retrieval"], plateau, per_clip_advice),
                                   (finetune, plateau, per_clip_advice), (["--retrieval"], plateau_per_clip, "")):
@@ -166,9 +166,9 @@ def test_a_checkpoint_on_the_pretext_plateau_is_named_in_a_warning(pretrained, d
         warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
         assert warnings == ([f"warning: {source}: its last validation sits on the pretext's 1/3 plateau (top1 "
                              "0.3333, 94% of the wrong picks temporal, targets across steps at cos 0.99): the encoder "
-                             "gives a clip's frames nearly the same output, and finetuning from plateau weights ended "
-                             "below random initialisation wherever finetuning learned at all (README); pretrain until "
-                             f"the top-1 leaves 1/3{advice}"] if advice is not None else [])
+                             "gives a clip's frames nearly the same output and its features carry little motion "
+                             f"(docs/results.md); pretrain until the top-1 leaves 1/3{advice}"]
+                            if advice is not None else [])
 
 
 def test_pretraining_choices_are_recorded_and_the_architecture_travels_to_finetuning(demo_dataset, tmp_path, capsys):
@@ -193,15 +193,15 @@ def test_pretraining_choices_are_recorded_and_the_architecture_travels_to_finetu
     assert finetuned["args"]["color_jitter"] == "off", "a linear probe trains on crops and flips only"
 
 
-def test_colour_jitter_is_on_for_finetuning_and_off_for_a_linear_probe_unless_asked():
+def test_color_jitter_is_on_for_finetuning_and_off_for_a_linear_probe_unless_asked():
     for flags, jitter in ((["--train_what", "ft"], "on"), (["--train_what", "last"], "off"),
                           (["--train_what", "last", "--color_jitter", "on"], "on"),
                           (["--train_what", "all", "--color_jitter", "off"], "off")):
         args = evaluation.parse_args(["--dataset", "demo", "--img_dim", "64", *flags])
-        evaluation.fill_data_flags(args)
+        fill_data_flags(args)
         assert args.color_jitter == jitter
         # runs without the reference's jitter get their own folder: they never continue or reuse one with it
-        assert evaluation.run_name(args).endswith("_jitter-off") == (jitter == "off")
+        assert finetune_run_name(args).endswith("_jitter-off") == (jitter == "off")
 
 
 def test_test_refuses_a_pretraining_checkpoint_in_one_line(pretrained, demo_dataset, tmp_path):
@@ -241,7 +241,7 @@ def test_validation_uses_the_references_share_of_the_test_split(capsys):
     for flags, share in ((["--dataset", "ucf101"], 0.3), (["--dataset", "hmdb51"], 0.4),
                          (["--dataset", "hmdb51", "--val_fraction", "1"], 1.0)):
         args = evaluation.parse_args(flags)
-        evaluation.fill_data_flags(args)
+        fill_data_flags(args)
         assert args.val_fraction == share, flags
     with pytest.raises(SystemExit) as refused:
         pretraining.parse_args(["--val_fraction", "0"])

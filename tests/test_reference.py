@@ -12,11 +12,11 @@ from PIL import Image
 from CPCTrans import augment
 from CPCTrans import main as pretraining
 from CPCTrans.checkpoint import load, load_pretrained
-from CPCTrans.cpc import CPCTrans, contrastive_loss, dense_scores
+from CPCTrans.cpc import FuturePredictor, contrastive_loss, dense_scores
 from CPCTrans.reference_checkpoint import convert_state_dict
 from Evaluate import test as evaluation
 from Evaluate.classifier import VideoClassifier
-from reference_oracle import needs_reference, reference  # noqa: F401 (reference is a fixture)
+from reference_oracle import needs_reference
 from test_pipeline import SMALL, in_process, only
 
 pytestmark = needs_reference
@@ -64,7 +64,7 @@ def pretrained_pair(reference, tmp_path):
     theirs = reference.CPC_Trans(sample_size=IMG_DIM, num_seq=NUM_SEQ, pred_step=PRED_STEP)
     path = tmp_path / "reference_ssl.pth.tar"
     save_reference_checkpoint(theirs, path, data_parallel=False)
-    ours = CPCTrans(num_seq=NUM_SEQ, pred_step=PRED_STEP)
+    ours = FuturePredictor(num_seq=NUM_SEQ, pred_step=PRED_STEP)
     report = load_pretrained(ours, path)
     assert "not in the checkpoint" not in report, report
     return theirs, ours

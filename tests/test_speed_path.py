@@ -13,10 +13,10 @@ import torch
 
 from CPCTrans import benchmark
 from CPCTrans.augment import PRETRAIN, ClipAugment, apply_params, sample_params, ten_crop
-from CPCTrans.cpc import CPCTrans, PretextMetrics
+from CPCTrans.cpc import FuturePredictor, PretextMetrics
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, collate_clips, read_index
-from CPCTrans.main import parse_args, pretext_loss, train_step
-from CPCTrans.runtime import adam, prepare_model, resolve_speed_flags
+from CPCTrans.main import pretext_loss, train_step
+from CPCTrans.runtime import adam, prepare_model
 
 REPO = Path(__file__).resolve().parents[1]
 BF16_TOLERANCE = 0.02  # relative difference of the initial loss, bf16 autocast vs fp32
@@ -29,7 +29,7 @@ COMPILED_GRADIENT_TOLERANCE = 2e-2
 
 def fresh_model(state=None):
     torch.manual_seed(0)
-    model = CPCTrans()
+    model = FuturePredictor()
     if state is not None:
         model.load_state_dict(state)
     return model
@@ -46,13 +46,13 @@ def test_bf16_and_fp32_losses_agree_at_initialisation():
     assert abs(bf16.item() - fp32.item()) / fp32.item() < BF16_TOLERANCE
 
 
-@pytest.mark.parametrize("amp, products", [(False, "fp32"), (True, "fp32"), (False, "bf16-split")])
-def test_a_short_run_lowers_the_loss(amp, products):
+@pytest.mark.parametrize("amp", [False, True])
+def test_a_short_run_lowers_the_loss(amp):
     torch.manual_seed(1)
     clips = torch.randn(2, 5, 3, 64, 64)
     model = fresh_model().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = [train_step(model, optimizer, clips, torch.device("cpu"), amp, products)[0].item() for _ in range(6)]
+    losses = [train_step(model, optimizer, clips, torch.device("cpu"), amp)[0].item() for _ in range(6)]
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -76,16 +76,13 @@ def test_cpu_adam_gives_the_bits_of_torchs_default_per_tensor_adam():
 def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "CPCTrans" / "benchmark.py"), "--img_dim", "64",
                              "--batch_size", "2", "--steps", "2", "--warmup", "1", "--videos", "3", "--frames", "16",
-                             "--workers", "1", "--device", "cpu", "--prefetch", "2", "--profile", "trace.json.gz",
-                             "--cudnn_benchmark", "--score_products", "bf16-split"],
+                             "--workers", "1", "--device", "cpu", "--prefetch", "2", "--profile", "trace.json.gz"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     json_lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(json_lines) == 1
     report = json.loads(json_lines[0])
     assert report["device"] == "cpu" and report["batch_size"] == 2 and report["prefetch"] == 2
-    assert report["cudnn_benchmark"] is False  # asked for, but the CPU has no cuDNN to tune
-    assert report["score_products"] == "bf16-split"
     for key in ("model_step_clips_per_s", "loader_clips_per_s", "end_to_end_clips_per_s", "augment_clips_per_s"):
         assert report[key] > 0
     assert report["end_to_end_over_model_step"] > 0
@@ -111,14 +108,6 @@ def test_benchmark_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
                for kind in ("aten::convolution", "roi_align")}
     assert threads["aten::convolution"] and threads["roi_align"]
     assert threads["aten::convolution"].isdisjoint(threads["roi_align"])
-
-
-def test_each_run_sets_cudnn_autotuning_for_itself():
-    """Runs in one process (the experiment's stages) each take their own --cudnn_benchmark; on the CPU, which has
-    no cuDNN to tune, it stays off even when asked for after a CUDA run turned it on."""
-    torch.backends.cudnn.benchmark = True  # as a CUDA run with --cudnn_benchmark leaves it
-    resolve_speed_flags(parse_args(["--device", "cpu", "--cudnn_benchmark"]))
-    assert torch.backends.cudnn.benchmark is False
 
 
 def test_busy_time_counts_overlapping_operations_once():
@@ -154,10 +143,10 @@ def luma(frames: torch.Tensor) -> torch.Tensor:
 
 
 # extract_frame.py writes 4:2:0 JPEGs (chroma at half resolution). The standard leaves chroma upsampling to the
-# decoder: libjpeg interpolates, nvJPEG repeats samples, so at the demo's sharp colour edges RGB values differ by up
+# decoder: libjpeg interpolates, nvJPEG repeats samples, so at the demo's sharp color edges RGB values differ by up
 # to ~110 (on an H200: mean 4.4, max 112; libjpeg with its own repeating upsampler, `djpeg -nosmooth`, against
 # torchvision's CPU decode: mean 4.2, max 106). Luma is stored at full resolution, so there decoders agree but for
-# inverse-DCT rounding and the clipping of saturated colours (same comparison: luma mean 0.23, 99.9% within 3
+# inverse-DCT rounding and the clipping of saturated colors (same comparison: luma mean 0.23, 99.9% within 3
 # levels; with libjpeg's least accurate inverse DCT 0.61 and 3.2).
 @pytest.mark.cuda
 def test_gpu_decode_gives_the_cpu_decodes_luma(demo_dataset):
@@ -195,7 +184,7 @@ def test_augmentation_on_gpu_matches_cpu():
 
 @pytest.mark.cuda
 def test_compiled_augmentation_on_gpu_matches_the_per_group_operations_on_cpu():
-    """--compile's fused colour operations, compiled for the GPU, against the path without --compile, batch by
+    """--compile's fused color operations, compiled for the GPU, against the path without --compile, batch by
     batch from the same seed (one compilation, then the same kernels on new draws)."""
     clips = torch.randint(0, 256, (4, 5, 3, 240, 320), dtype=torch.uint8)
     sizes = torch.tensor([[240, 320]] * 4)
@@ -216,36 +205,21 @@ def test_bf16_on_gpu_agrees_with_fp32():
 
 
 @pytest.mark.cuda
-def test_bf16_split_score_products_give_the_networks_fp32_product_loss_on_gpu():
-    """Under bf16 autocast on CUDA the predictions come out in bf16 and the targets in fp32 (the Transformer's last
-    LayerNorm): the split takes all of the targets' bits, and the loss is the fp32 products' to fp32's rounding."""
-    torch.manual_seed(1)
-    clips = torch.randn(4, 5, 3, 128, 128, device=gpu())
-    model = fresh_model().to(gpu()).eval()
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        predictions, targets = model(clips)
-    assert predictions.dtype == torch.bfloat16 and targets.dtype == torch.float32
-    with torch.no_grad():
-        losses = [pretext_loss(model, clips, gpu(), True, products)[0].item() for products in ("fp32", "bf16-split")]
-    assert abs(losses[1] - losses[0]) <= 1e-5 * losses[0], losses
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("attn, products", [("full", "fp32"), ("split", "fp32"), ("full", "bf16-split")])
-def test_preparing_batches_and_training_steps_never_wait_for_the_gpu(attn, products):
+@pytest.mark.parametrize("attn", ["full", "split"])
+def test_preparing_batches_and_training_steps_never_wait_for_the_gpu(attn):
     """Copy, augmentation, training step and metrics queue their GPU work and return. A synchronisation would
     hold the thread preparing batches ahead, or the training loop, until the GPU has caught up."""
     clips = torch.randint(0, 256, (4, 5, 3, 240, 320), dtype=torch.uint8).pin_memory()
     sizes = torch.tensor([[240, 320]] * 4)
     augment = ClipAugment(PRETRAIN, 64, seed=0)  # flips, grayscale and all four jitter operations in 3 batches
-    model = CPCTrans(attn=attn)  # split: an attention mask in every layer
+    model = FuturePredictor(attn=attn)  # split: an attention mask in every layer
     step_model = prepare_model(model, gpu(), None).train()
     optimizer = adam(model.parameters(), gpu(), lr=1e-3, weight_decay=1e-5)
     metrics = PretextMetrics()
 
     def one_step():
         inputs = augment(*clips_to_device(clips, sizes, gpu()))
-        metrics.update(*train_step(step_model, optimizer, inputs, gpu(), True, products))
+        metrics.update(*train_step(step_model, optimizer, inputs, gpu(), True))
 
     one_step()  # first use: library handles, the optimizer's state
     torch.cuda.set_sync_debug_mode("error")
@@ -298,7 +272,7 @@ def test_preparing_a_batch_returns_while_the_gpu_is_still_busy(stage):
         assert finite
 
 
-def without_dropout(model: CPCTrans) -> CPCTrans:
+def without_dropout(model: FuturePredictor) -> FuturePredictor:
     """Eager and compiled code draw different dropout masks; without dropout both must take the same steps."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -345,11 +319,10 @@ def test_pretraining_and_test_run_on_cuda(demo_dataset, tmp_path):
     common = ["--csv_root", demo_dataset / "csv", "--dataset", "demo", "--img_dim", "128", "--batch_size", "4",
               "--workers", "2", "--device", "cuda", "--decode", "gpu"]
     pretrain = subprocess.run([sys.executable, str(REPO / "CPCTrans" / "main.py"), *map(str, common), "--epochs", "1",
-                               "--cudnn_benchmark", "--score_products", "bf16-split", "--log_root", str(tmp_path)],
+                               "--log_root", str(tmp_path)],
                               capture_output=True, text=True, cwd=tmp_path)
     assert pretrain.returncode == 0, pretrain.stderr
-    assert all(setting in pretrain.stdout
-               for setting in ("decode=gpu", "amp=True", "cudnn_benchmark=True", "score_products=bf16-split"))
+    assert all(setting in pretrain.stdout for setting in ("decode=gpu", "amp=True"))
     checkpoint = next(tmp_path.glob("log_tmp/*/model/epoch1.pth.tar"))
     state = torch.load(checkpoint, weights_only=True, map_location="cpu")
     assert all(value.device.type == "cpu" for value in state["state_dict"].values())
@@ -357,7 +330,6 @@ def test_pretraining_and_test_run_on_cuda(demo_dataset, tmp_path):
                                "--pretrain", str(checkpoint), "--log_root", str(tmp_path / "ft")],
                               capture_output=True, text=True, cwd=tmp_path)
     assert finetune.returncode == 0, finetune.stderr
-    assert "cudnn_benchmark=False" in finetune.stdout
     finetuned = next((tmp_path / "ft").glob("log_tmp/*/model/epoch1.pth.tar"))
     tested = subprocess.run([sys.executable, str(REPO / "Evaluate" / "test.py"), "--test", str(finetuned),
                              "--csv_root", str(demo_dataset / "csv"), "--device", "cuda"],
