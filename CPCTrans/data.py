@@ -127,8 +127,8 @@ def decode_frames(paths: list[str]) -> torch.Tensor:
 
 def stack_frames(frames: list[torch.Tensor]) -> torch.Tensor:
     """Tensors (..., 3, H, W) stored channel-last, as JPEG decoders give them -> stacked on a new first
-    dimension, stored channel-last too: a plain copy. Stacking them channel-first is a transposing copy,
-    ten times slower on a loader worker. The augmentation takes either layout."""
+    dimension, stored channel-last too: a plain copy. Stacking them channel-first is a transposing copy, much
+    slower on a loader worker (docs/speed.md). The augmentation takes either layout."""
     return torch.stack([frame.movedim(-3, -1) for frame in frames]).movedim(-1, -3)
 
 

@@ -16,15 +16,14 @@ from CPCTrans.cpc import FuturePredictor, PretextMetrics, contrastive_loss, dens
 from CPCTrans.data import DataError, make_loader, read_class_names, split_dataset
 from CPCTrans.device import autocast
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
-from CPCTrans.runtime import (REPO_ROOT, adam, add_gru_dropout_flag, add_resize_flag, add_run_flags, add_speed_flags,
-                              check_img_dim, csv_root, fraction, prepare_model, resolve_speed_flags, run_folder,
+from CPCTrans.runtime import (REPO_ROOT, adam, add_gru_dropout_flag, add_resize_flag, add_run_flags,
+                              add_schedule_flags, add_speed_flags, check_img_dim, csv_root, fraction, prepare_model, resolve_speed_flags, run_folder,
                               speed_summary, split_csv, user_error)
 from CPCTrans.training import Run, TrainingDiverged, fit, optimize
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="CPCTrans self-supervised pretraining")
-    parser.add_argument("--net", default="resnet18", choices=["resnet18"])
     parser.add_argument("--model", default="cpc-trans", choices=["cpc-trans"],
                         help="unused; accepted so that the reference's commands run")
     parser.add_argument("--dataset", default="ucf101", help="name of the folder of CSVs under ProcessData/data/")
@@ -33,16 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_seq", default=5, type=int, help="frames per clip")
     parser.add_argument("--pred_step", default=3, type=int, help="frames to predict")
     parser.add_argument("--ds", default=3, type=int, help="frame stride")
-    parser.add_argument("--batch_size", default=16, type=int)
-    parser.add_argument("--lr", default=1e-3, type=float)
-    parser.add_argument("--wd", default=1e-5, type=float, help="weight decay")
-    parser.add_argument("--resume", default="", help="checkpoint to continue, or 'latest' (newest of this run)")
     parser.add_argument("--pretrain", default="", help="checkpoint to initialise the weights from")
-    parser.add_argument("--epochs", default=300, type=int)
-    parser.add_argument("--start_epoch", default=0, type=int, help="the first epoch's number (--resume sets it)")
-    parser.add_argument("--print_freq", default=5, type=int, help="steps between progress updates")
-    parser.add_argument("--reset_lr", action="store_true", help="on resume, start a fresh optimiser at --lr")
-    parser.add_argument("--prefix", default="tmp", help="logs go to <log_root>/log_<prefix>/")
+    add_schedule_flags(parser, weight_decay=1e-5)
     parser.add_argument("--train_what", default="all", choices=["all", "last"],
                         help="last: freeze the ResNet trunk (its BatchNorm statistics too)")
     parser.add_argument("--img_dim", default=128, type=int)

@@ -102,6 +102,21 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def add_schedule_flags(parser, weight_decay: float) -> None:
+    """Flags of every training CLI for the network, the optimiser and the schedule (the reference's names and
+    defaults), and for continuing a run."""
+    parser.add_argument("--net", default="resnet18", choices=["resnet18"])
+    parser.add_argument("--batch_size", default=16, type=int)
+    parser.add_argument("--lr", default=1e-3, type=float)
+    parser.add_argument("--wd", default=weight_decay, type=float, help="weight decay")
+    parser.add_argument("--epochs", default=300, type=int)
+    parser.add_argument("--start_epoch", default=0, type=int, help="the first epoch's number (--resume sets it)")
+    parser.add_argument("--print_freq", default=5, type=int, help="steps between progress updates")
+    parser.add_argument("--resume", default="", help="checkpoint of this run to continue, or 'latest' (its newest)")
+    parser.add_argument("--reset_lr", action="store_true", help="on resume, start a fresh optimiser at --lr")
+    parser.add_argument("--prefix", default="tmp", help="logs go to <log_root>/log_<prefix>/")
+
+
 def add_run_flags(parser, log_root: Path) -> None:
     """Flags of every training CLI for where data and logs are, the seed and tolerance of unreadable clips."""
     parser.add_argument("--csv_root", default=None, help="default: ProcessData/data/<dataset>")

@@ -14,8 +14,8 @@ import sys
 from CPCTrans.checkpoint import CheckpointError
 from CPCTrans.data import DataError
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
-from CPCTrans.runtime import (REPO_ROOT, add_gru_dropout_flag, add_resize_flag, add_run_flags, add_speed_flags,
-                              check_img_dim, fraction, user_error)
+from CPCTrans.runtime import (REPO_ROOT, add_gru_dropout_flag, add_resize_flag, add_run_flags, add_schedule_flags,
+                              add_speed_flags, check_img_dim, fraction, user_error)
 from CPCTrans.training import TrainingDiverged
 from Evaluate.classifier import TRAIN_WHAT
 from Evaluate.finetune import finetune
@@ -25,7 +25,6 @@ from Evaluate.testing import test
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="CPCTrans finetuning / linear probe / testing")
-    parser.add_argument("--net", default="resnet18", choices=["resnet18"])
     parser.add_argument("--model", default="lc", choices=["lc"],
                         help="unused; accepted so that the reference's commands run")
     parser.add_argument("--dataset", default=None, help="folder of CSVs under ProcessData/data/ (default ucf101)")
@@ -33,11 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_seq", default=None, type=int, help="frames per clip (default 5)")
     parser.add_argument("--pred_step", default=3, type=int, help="unused; accepted so that the reference's commands run")
     parser.add_argument("--ds", default=None, type=int, help="frame stride (default 3)")
-    parser.add_argument("--batch_size", default=16, type=int)
-    parser.add_argument("--lr", default=1e-3, type=float)
-    parser.add_argument("--wd", default=1e-3, type=float, help="weight decay")
-    parser.add_argument("--dropout", default=0.5, type=float)
-    parser.add_argument("--resume", default="", help="finetuning checkpoint to continue, or 'latest' of this run")
+    add_schedule_flags(parser, weight_decay=1e-3)
+    parser.add_argument("--dropout", default=0.5, type=float, help="dropout before the classifier's linear layer")
     parser.add_argument("--pretrain", default="random", help="pretraining checkpoint, or 'random'")
     parser.add_argument("--test", default="", help="finetuned checkpoint to evaluate")
     parser.add_argument("--ten_crop", action="store_true",
@@ -46,11 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="pretraining or finetuned checkpoint, or 'random': test videos query training videos "
                              "by their features; prints and saves R@1/5/10/20, and the top-1 of a linear probe fitted "
                              "to the same features")
-    parser.add_argument("--epochs", default=300, type=int)
-    parser.add_argument("--start_epoch", default=0, type=int, help="the first epoch's number (--resume sets it)")
-    parser.add_argument("--print_freq", default=5, type=int, help="steps between progress updates")
-    parser.add_argument("--reset_lr", action="store_true", help="on resume, start a fresh optimiser at --lr")
-    parser.add_argument("--prefix", default="tmp", help="logs go to <log_root>/log_<prefix>/")
     parser.add_argument("--train_what", default="ft", choices=TRAIN_WHAT,
                         help="ft: all, encoder at lr/10; all: all at lr; last: linear probe")
     parser.add_argument("--color_jitter", default=None, choices=("on", "off"),
