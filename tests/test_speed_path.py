@@ -183,9 +183,9 @@ def test_augmentation_on_gpu_matches_cpu():
 
 
 @pytest.mark.cuda
-def test_compiled_augmentation_on_gpu_matches_the_per_group_operations_on_cpu():
-    """--compile's fused color operations, compiled for the GPU, against the path without --compile, batch by
-    batch from the same seed (one compilation, then the same kernels on new draws)."""
+def test_compiled_augmentation_on_gpu_matches_the_uncompiled_one_on_cpu():
+    """--compile's color operations, compiled for the GPU, against the path without --compile, batch by batch from
+    the same seed (one compilation, then the same kernels on new draws)."""
     clips = torch.randint(0, 256, (4, 5, 3, 240, 320), dtype=torch.uint8)
     sizes = torch.tensor([[240, 320]] * 4)
     compiled, eager = ClipAugment(PRETRAIN, 112, seed=0, compiled=True), ClipAugment(PRETRAIN, 112, seed=0)
