@@ -12,7 +12,10 @@ are medians of per-step times, loader and end-to-end numbers are throughput over
 """
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -29,7 +32,8 @@ from CPCTrans.cpc import FuturePredictor
 from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, make_loader
 from CPCTrans.main import train_step
 from CPCTrans.prefetch import DeviceBatches
-from CPCTrans.runtime import adam, add_resize_flag, add_speed_flags, prepare_model, resolve_speed_flags
+from CPCTrans.distributed import shutdown
+from CPCTrans.runtime import adam, add_resize_flag, add_speed_flags, prepare_model, start_processes
 from ProcessData.make_demo import CLASSES, camera_video
 
 
@@ -152,6 +156,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="then run --steps more end-to-end steps under torch.profiler: a Chrome trace of every "
                              "thread (and the GPU) to TRACE, gzip-compressed if it ends in .gz, and a table of the "
                              "operations that held the host longest")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="also measure this many processes (torchrun, one per GPU) and their scaling efficiency "
+                             "against one process")
     add_resize_flag(parser, "nearest")
     add_speed_flags(parser)
     return parser.parse_args(argv)
@@ -169,16 +176,20 @@ def print_table(result: dict) -> None:
 
 
 def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
-    device = resolve_speed_flags(args)
+    device, processes = start_processes(args)
+    if processes.distributed and args.profile:
+        raise SystemExit("--profile profiles one process; run it without torchrun")
+    every_process = processes if processes.distributed else None  # global negatives, as pretraining's default
     model = FuturePredictor(num_seq=args.num_seq, pred_step=args.pred_step)
-    step_model = prepare_model(model, device, args.compile).train()
+    step_model = prepare_model(model, device, args.compile, processes).train()
     optimizer = adam(model.parameters(), device, lr=1e-3, weight_decay=1e-5)
     augmenter = ClipAugment(pretraining_recipe("frame", resize=args.resize), args.img_dim, seed=0,
                             compiled=args.compile is not None)
-    clips_needed = args.batch_size * (args.steps + args.warmup)
+    clips_needed = args.batch_size * (args.steps + args.warmup) * processes.world_size
     dataset = ClipDataset(records * max(1, -(-clips_needed // len(records))), args.num_seq, args.ds,
                           encoded=args.decode == "gpu")
-    loader = make_loader(dataset, args.batch_size, args.workers, train=True, device=device)
+    loader = make_loader(dataset, args.batch_size, args.workers, train=True, device=device, rank=processes.rank,
+                         world_size=processes.world_size)
 
     # Stored channel-last, as the loader hands clips out (data.stack_frames): the augmentation's timing includes
     # reordering them.
@@ -186,7 +197,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
                         device=device).movedim(-1, 2)
     sizes = torch.tensor([[240, 320]] * args.batch_size)
     inputs = augmenter(raw, sizes)
-    model_s = median_seconds(lambda: train_step(step_model, optimizer, inputs, device, args.amp),
+    model_s = median_seconds(lambda: train_step(step_model, optimizer, inputs, device, args.amp, every_process),
                              args.steps, args.warmup, device)
     augment_s = median_seconds(lambda: augmenter(raw, sizes), args.steps, args.warmup, device)
     loader_s = throughput_seconds(endless(loader), lambda batch: clips_to_device(batch[0], batch[1], device),
@@ -197,7 +208,7 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     def end_to_end(warmup: int) -> float:
         with DeviceBatches(loader, augmenter, device, args.prefetch, augmenter.generator) as batches:
             return throughput_seconds(batches, lambda batch: train_step(step_model, optimizer, batch.inputs, device,
-                                                                        args.amp),
+                                                                        args.amp, every_process),
                                       args.steps, warmup, device)
 
     end_to_end_s = end_to_end(args.warmup)
@@ -213,6 +224,8 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
         "peak_gpu_memory_gib": None if peak is None else round(peak, 3),
         "end_to_end_over_model_step": round(per_second["end_to_end"] / per_second["model_step"], 3),
     }
+    if processes.distributed:
+        result = combine(processes.gather(result))
     # Printed before the profile, so that a failing profiler does not take the numbers with it.
     print_table(result)
     print(json.dumps(result))
@@ -222,7 +235,54 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     return result
 
 
+def combine(results: list[dict]) -> dict:
+    """Every process's result -> one: rank 0's settings, the clips/s of all processes added up (each process's
+    under per_process)."""
+    combined = {**results[0], "processes": len(results), "per_process": results}
+    for key in results[0]:
+        if key.endswith("_clips_per_s"):
+            combined[key] = round(sum(result[key] for result in results), 1)
+    return combined
+
+
+def scaling(argv: list[str], nproc: int, single: dict) -> dict:
+    """Runs the same benchmark in `nproc` processes under torchrun; their total clips/s against `nproc` times one
+    process's."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               __file__, *argv]
+    finished = subprocess.run(command, capture_output=True, text=True)
+    if finished.returncode != 0:
+        raise SystemExit(f"error: the {nproc}-process benchmark failed: {finished.stderr.strip().splitlines()[-1]}")
+    several = json.loads(next(line for line in finished.stdout.splitlines() if line.startswith("{")))
+    efficiency = {key: round(several[key] / (nproc * single[key]), 3) for key in single if key.endswith("_clips_per_s")}
+    scaled = {"processes": nproc, "per_process_end_to_end_clips_per_s": [
+        result["end_to_end_clips_per_s"] for result in several["per_process"]],
+        "total_end_to_end_clips_per_s": several["end_to_end_clips_per_s"],
+        "single_process_end_to_end_clips_per_s": single["end_to_end_clips_per_s"],
+        "scaling_efficiency": efficiency}
+    print(f"{nproc} processes: end to end {several['end_to_end_clips_per_s']:.1f} clips/s in all "
+          f"({', '.join(str(value) for value in scaled['per_process_end_to_end_clips_per_s'])} per process), "
+          f"{efficiency['end_to_end_clips_per_s']:.0%} of {nproc} x one process's "
+          f"{single['end_to_end_clips_per_s']:.1f}")
+    print(json.dumps(scaled))
+    return scaled
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line less its --nproc N (or --nproc=N)."""
+    kept, skip = [], False
+    for flag in argv:
+        if skip:
+            skip = False
+        elif flag == "--nproc":
+            skip = True
+        elif not flag.startswith("--nproc="):
+            kept.append(flag)
+    return kept
+
+
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         if args.frame_root:
@@ -231,7 +291,13 @@ def main(argv=None) -> dict:
                 raise SystemExit(f"error: {args.frame_root}: no image_00001.jpg below it; give extracted frames")
         else:
             records = write_frame_folders(Path(scratch), args.videos, args.frames)
-        return benchmark(args, records)
+        try:
+            result = benchmark(args, records)
+        finally:
+            shutdown()
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        result["scaling"] = scaling(without_nproc(argv), args.nproc, result)
+    return result
 
 
 if __name__ == "__main__":

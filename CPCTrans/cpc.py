@@ -55,9 +55,11 @@ class FuturePredictor(nn.Module):
 
 
 def dense_scores(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Every predicted vector against every target vector: a (B*P*h*w) x (B*P*h*w) matrix.
+    """Every predicted vector against every target vector: a (B*P*h*w) x (B'*P*h*w) matrix.
 
-    Rows and columns are ordered (video, step, position); the positive of row i is column i.
+    Rows and columns are ordered (video, step, position); with the targets of the predictions' own clips (B' = B)
+    the positive of row i is column i. With every process's targets (B' = K * B, rank r's first), it is column
+    r * B*P*h*w + i.
     Computed in fp32 even under bf16 autocast, as the reference computes it: once the targets barely change over
     time, a positive and its temporal negatives differ by less than bf16's resolution at their size.
     """
@@ -73,18 +75,28 @@ def reverse_future(clips: torch.Tensor, pred_step: int) -> torch.Tensor:
     return torch.cat([clips[:, :-pred_step], clips[:, -pred_step:].flip(1)], dim=1)
 
 
-def contrastive_loss(scores: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(scores, torch.arange(scores.shape[0], device=scores.device))
+def contrastive_loss(scores: torch.Tensor, first_column: int = 0) -> torch.Tensor:
+    """Cross-entropy whose positive of row i is column first_column + i."""
+    return F.cross_entropy(scores, torch.arange(scores.shape[0], device=scores.device) + first_column)
 
 
-def score_kinds(batch: int, steps: int, positions: int, device: torch.device | None = None) -> torch.Tensor:
-    """The kind of every entry of the score matrix: POSITIVE, SPATIAL, TEMPORAL or EASY (int8)."""
-    video, step, position = (index.flatten() for index in torch.meshgrid(
-        torch.arange(batch, device=device), torch.arange(steps, device=device),
+def _grid(videos: range, steps: int, positions: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(video, step, position) of every row or column, in the score matrix's order."""
+    return tuple(index.flatten() for index in torch.meshgrid(
+        torch.arange(videos.start, videos.stop, device=device), torch.arange(steps, device=device),
         torch.arange(positions, device=device), indexing="ij"))
-    same_video = video[:, None] == video[None, :]
-    same_position = position[:, None] == position[None, :]
-    same_step = step[:, None] == step[None, :]
+
+
+def score_kinds(batch: int, steps: int, positions: int, device: torch.device | None = None, first_video: int = 0,
+                column_videos: int | None = None) -> torch.Tensor:
+    """The kind of every entry of the score matrix: POSITIVE, SPATIAL, TEMPORAL or EASY (int8). Rows are videos
+    first_video .. first_video + batch, columns videos 0 .. column_videos (default: the rows' own)."""
+    column_range = range(first_video, first_video + batch) if column_videos is None else range(column_videos)
+    row_video, row_step, row_position = _grid(range(first_video, first_video + batch), steps, positions, device)
+    video, step, position = _grid(column_range, steps, positions, device)
+    same_video = row_video[:, None] == video[None, :]
+    same_position = row_position[:, None] == position[None, :]
+    same_step = row_step[:, None] == step[None, :]
     kinds = torch.full(same_video.shape, EASY, dtype=torch.int8, device=device)
     kinds[same_video] = SPATIAL
     kinds[same_video & same_position] = TEMPORAL
@@ -157,17 +169,20 @@ class PretextMetrics:
     def _kinds(self, shape: tuple, device: torch.device) -> torch.Tensor:
         key = (*shape, str(device))
         if key not in self._kinds_cache:
-            self._kinds_cache[key] = score_kinds(*shape, device=device)
+            self._kinds_cache[key] = score_kinds(*shape[:3], device=device, first_video=shape[3],
+                                                 column_videos=shape[4])
         return self._kinds_cache[key]
 
     @torch.no_grad()
-    def update(self, loss: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        """`targets` (B, pred_step, C, h, w) are the columns of `scores` (dense_scores)."""
-        shape = (targets.shape[0], targets.shape[1], targets.shape[3] * targets.shape[4])
+    def update(self, loss: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor, first_column: int = 0) -> None:
+        """`targets` (B, pred_step, C, h, w) are the predictions' own targets; `scores` (dense_scores) has them as
+        columns first_column onwards, among every process's."""
+        batch, steps, positions = targets.shape[0], targets.shape[1], targets.shape[3] * targets.shape[4]
         rows = scores.shape[0]
-        k = min(max(self.TOPK), rows)
+        shape = (batch, steps, positions, first_column // (steps * positions), scores.shape[1] // (steps * positions))
+        k = min(max(self.TOPK), scores.shape[1])
         ranked = scores.topk(k, dim=1).indices
-        correct = ranked == torch.arange(rows, device=scores.device)[:, None]
+        correct = ranked == torch.arange(rows, device=scores.device)[:, None] + first_column
         hits = torch.stack([correct[:, :min(topk, k)].any(dim=1).sum() for topk in self.TOPK])
         picked_kind = self._kinds(shape, scores.device).gather(1, ranked[:, :1])
         # Counted by comparison: bincount on a GPU reads the largest value back to the host.
@@ -184,7 +199,7 @@ class PretextMetrics:
         self.batches += 1
 
     @torch.no_grad()
-    def update_reversed(self, scores: torch.Tensor) -> None:
+    def update_reversed(self, scores: torch.Tensor, first_column: int = 0) -> None:
         """Scores of the clips of the last `update`, with their predicted frames reversed (`reverse_future`);
         call it after every `update` or never.
 
@@ -193,8 +208,23 @@ class PretextMetrics:
         where a frame sits (a position encoding, a causal mask) or the context the targets can see. It can then
         score high while learning no motion (docs/results.md).
         """
-        hits = (scores.argmax(dim=1) == torch.arange(scores.shape[0], device=scores.device)).sum()
+        positives = torch.arange(scores.shape[0], device=scores.device) + first_column
+        hits = (scores.argmax(dim=1) == positives).sum()
         self.reversed_hits = hits if self.reversed_hits is None else self.reversed_hits + hits
+
+    def reduce(self, processes) -> None:
+        """Replaces every count by its sum over the processes of the run (distributed.Processes); every process
+        calls it at the same point, once the last batch was counted."""
+        zeros = torch.zeros(len(self.TOPK) + len(KIND_NAMES))
+        counts = torch.cat([torch.tensor([float(self.loss_sum), self.rows, float(self.similarity_sum),
+                                          self.similarity_pairs, float(self.reversed_hits or 0),
+                                          float(self.reversed_hits is not None)]),
+                            zeros if self.hits is None else torch.cat([self.hits, self.picks]).cpu().double()])
+        total = processes.sum(counts.double())
+        self.loss_sum, self.rows, self.similarity_sum, self.similarity_pairs = (
+            total[0].item(), int(total[1]), total[2].item(), int(total[3]))
+        self.reversed_hits = total[4] if total[5] > 0 else None
+        self.hits, self.picks = total[6:6 + len(self.TOPK)], total[6 + len(self.TOPK):]
 
     def summary(self) -> dict:
         if self.rows == 0:

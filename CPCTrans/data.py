@@ -290,25 +290,45 @@ class EpochSampler(Sampler):
     """Order and random clip starts of one epoch, drawn in the main process from (seed, epoch) alone.
 
     Every epoch is reproducible whatever happened before it, which makes resuming exact:
-    `set_epoch(epoch, skip)` replays an epoch from its `skip`-th item.
+    `set_epoch(epoch, skip)` replays an epoch from the `skip`-th item of its order.
+
+    With several processes the order is the same in each, and rank r takes the r-th `batch_size` items of every
+    global batch (`batch_size` x `world_size` consecutive items): one process with the global batch would see the
+    same clips in each step, whatever the number of processes. Past the last whole global batch, the items left are
+    dropped (`drop_last`) or split into one contiguous part per rank, each item read once.
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int):
+    def __init__(self, size: int, shuffle: bool, seed: int, batch_size: int = 1, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False):
         self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.batch_size, self.rank, self.world_size, self.drop_last = batch_size, rank, world_size, drop_last
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
+    def _share(self, order: list[int]) -> list[int]:
+        if self.world_size == 1:
+            return order
+        chunk = self.batch_size * self.world_size
+        whole = len(order) // chunk * chunk
+        first, end = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        mine = [index for start in range(0, whole, chunk) for index in order[start + first:start + end]]
+        if not self.drop_last:
+            rest = order[whole:]
+            part = -(-len(rest) // self.world_size)
+            mine += rest[self.rank * part:(self.rank + 1) * part]
+        return mine
+
     def __iter__(self):
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
         draws = torch.rand(self.size, generator=generator)
-        for index in order[self.skip:].tolist():
+        for index in self._share(order[self.skip:].tolist()):
             yield index, float(draws[index])
 
     def __len__(self) -> int:
-        return max(0, self.size - self.skip)
+        return len(self._share(list(range(max(0, self.size - self.skip)))))
 
 
 class BadSamples:
@@ -346,14 +366,17 @@ def split_dataset(path: Path, num_classes: int, num_seq: int, ds: int, windows: 
 
 
 def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool, device: torch.device,
-                seed: int = 0, drop_last: bool | None = None) -> DataLoader:
-    """Batches of `dataset`, shuffled when `train`; the loader's `sampler` is an EpochSampler (call its set_epoch
-    each epoch). A last smaller batch is dropped when `drop_last` (by default when `train`), unless it is the
-    only one."""
-    drop_last = train if drop_last is None else drop_last
+                seed: int = 0, drop_last: bool | None = None, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Batches of `dataset` for process `rank` of `world_size`, shuffled when `train`; the loader's `sampler` is an
+    EpochSampler (call its set_epoch each epoch). A last smaller global batch is dropped when `drop_last` (by
+    default when `train`), unless it is the only one."""
+    drop_last = (train if drop_last is None else drop_last) and len(dataset) >= batch_size * world_size
     pinned = device.type == "cuda" and not dataset.encoded
     prefetch_factor = 4 if workers > 0 else None
     collate = ReusedSharedBatches(prefetch_factor + 2) if pinned and workers > 0 else collate_clips
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), train, seed),
-                      drop_last=drop_last and len(dataset) >= batch_size, num_workers=workers, collate_fn=collate,
+    sampler = EpochSampler(len(dataset), train, seed, batch_size, rank, world_size, drop_last)
+    # A generator of its own: starting each pass draws a seed from it, which from the global RNG would shift the
+    # dropout of a run resumed inside an epoch.
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
+                      collate_fn=collate, generator=torch.Generator(),
                       pin_memory=pinned, persistent_workers=workers > 0, prefetch_factor=prefetch_factor)

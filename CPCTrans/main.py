@@ -15,11 +15,14 @@ from CPCTrans.convgru import GRU_DROPOUT
 from CPCTrans.cpc import FuturePredictor, PretextMetrics, contrastive_loss, dense_scores, plateau_warning, reverse_future
 from CPCTrans.data import DataError, make_loader, read_class_names, split_dataset
 from CPCTrans.device import autocast
+from CPCTrans.distributed import Processes, gather_with_grad, lost_peer, shutdown, where
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
-from CPCTrans.runtime import (REPO_ROOT, adam, add_gru_dropout_flag, add_resize_flag, add_run_flags,
-                              add_schedule_flags, add_speed_flags, check_img_dim, csv_root, fraction, prepare_model, resolve_speed_flags, run_folder,
-                              speed_summary, split_csv, user_error)
+from CPCTrans.runtime import (REPO_ROOT, adam, add_distributed_flags, add_gru_dropout_flag, add_resize_flag,
+                              add_run_flags, add_schedule_flags, add_speed_flags, check_img_dim, csv_root, fraction,
+                              prepare_model, run_folder, speed_summary, split_csv, start_processes, user_error)
 from CPCTrans.training import Run, TrainingDiverged, fit, optimize
+
+NEGATIVE_KINDS = ("global", "local")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--diagnose_future", action="store_true",
                         help="validation also scores each clip with its predicted frames reversed (one more forward "
                              "pass per batch) and reports that top-1")
+    parser.add_argument("--negatives", default="global", choices=NEGATIVE_KINDS,
+                        help="under torchrun, score each prediction against the targets of every process's clips "
+                             "(global, one process's loss on the global batch) or of its own only (local, as the "
+                             "reference's DataParallel does)")
+    add_distributed_flags(parser)
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
     return args
@@ -82,7 +90,7 @@ def run_name(args: argparse.Namespace) -> str:
     return name
 
 
-def build_loaders(args, device):
+def build_loaders(args, device, processes: Processes):
     num_classes = len(read_class_names(csv_root(args) / "classInd.txt"))
     loaders = {}
     for stage, csv_name in (("train", "train"), ("val", "test")):
@@ -92,29 +100,41 @@ def build_loaders(args, device):
                                 fraction=1.0 if training else args.val_fraction)
         # Validation drops its last smaller batch too: fewer videos give fewer negatives, and a higher top-1.
         loaders[stage] = make_loader(dataset, args.batch_size, args.workers, training, device, args.seed,
-                                     drop_last=True)
+                                     drop_last=True, rank=processes.rank, world_size=processes.world_size)
     return loaders
 
 
-def pretext_loss(model, inputs: torch.Tensor, device: torch.device, amp: bool):
-    """Forward pass and loss on augmented clips -> (loss, scores, targets)."""
+def scores_against(predictions: torch.Tensor, targets: torch.Tensor, processes: Processes | None = None):
+    """-> (scores, first_column): against this process's targets, or, given `processes`, against every process's
+    (the positive of row i is then column first_column + i)."""
+    if processes is None:
+        return dense_scores(predictions, targets), 0
+    rows = predictions.shape[0] * predictions.shape[1] * predictions.shape[3] * predictions.shape[4]
+    return dense_scores(predictions, gather_with_grad(targets)), processes.rank * rows
+
+
+def pretext_loss(model, inputs: torch.Tensor, device: torch.device, amp: bool, every_process: Processes | None = None):
+    """Forward pass and loss on augmented clips -> (loss, scores, targets, first_column); `every_process` as
+    scores_against's `processes`."""
     with autocast(device, amp):
         predictions, targets = model(inputs)
-        scores = dense_scores(predictions, targets)
-        loss = contrastive_loss(scores)
-    return loss, scores, targets
+        scores, first_column = scores_against(predictions, targets, every_process)
+        loss = contrastive_loss(scores, first_column)
+    return loss, scores, targets, first_column
 
 
-def train_step(model, optimizer, inputs: torch.Tensor, device: torch.device, amp: bool):
-    loss, scores, targets = pretext_loss(model, inputs, device, amp)
-    optimize(optimizer, loss)
-    return loss, scores, targets
+def train_step(model, optimizer, inputs: torch.Tensor, device: torch.device, amp: bool,
+               every_process: Processes | None = None):
+    result = pretext_loss(model, inputs, device, amp, every_process)
+    optimize(optimizer, result[0])
+    return result
 
 
-def reversed_future_scores(model, inputs: torch.Tensor, pred_step: int, device: torch.device, amp: bool):
+def reversed_future_scores(model, inputs: torch.Tensor, pred_step: int, device: torch.device, amp: bool,
+                           every_process: Processes | None = None):
     """The score matrix of the same clips with their predicted frames reversed (PretextMetrics.update_reversed)."""
     with torch.no_grad(), autocast(device, amp):
-        return dense_scores(*model(reverse_future(inputs, pred_step)))
+        return scores_against(*model(reverse_future(inputs, pred_step)), every_process)[0]
 
 
 class PretextTask:
@@ -127,15 +147,17 @@ class PretextTask:
         return PretextMetrics(step_similarity=not training)
 
     def step(self, run: Run, batch, training: bool, metrics: PretextMetrics) -> None:
+        global_negatives = run.processes.distributed and self.args.negatives == "global"
+        every_process = run.processes if global_negatives else None
         if training:
-            loss, scores, targets = train_step(run.step_model, run.optimizer, batch.inputs, run.device, run.args.amp)
+            result = train_step(run.step_model, run.optimizer, batch.inputs, run.device, run.args.amp, every_process)
         else:
-            loss, scores, targets = pretext_loss(run.step_model, batch.inputs, run.device, run.args.amp)
-        metrics.update(loss, scores, targets)
+            result = pretext_loss(run.step_model, batch.inputs, run.device, run.args.amp, every_process)
+        metrics.update(*result)
         if not training and self.args.diagnose_future and self.args.pred_step > 1:
             # After update(): a CUDA-graph replay (--compile reduce-overhead) reuses the first pass's outputs.
             metrics.update_reversed(reversed_future_scores(run.step_model, batch.inputs, self.args.pred_step,
-                                                           run.device, run.args.amp))
+                                                           run.device, run.args.amp, every_process), result[3])
 
     def describe(self, train: dict, val: dict) -> str:
         """The shares of wrong validation picks say why a pretext is stuck: mostly temporal at the 1/3 plateau
@@ -157,23 +179,25 @@ class PretextTask:
 
 
 def train(args: argparse.Namespace) -> Path:
-    device = resolve_speed_flags(args)
-    loaders = build_loaders(args, device)
+    device, processes = start_processes(args)
+    loaders = build_loaders(args, device, processes)
     torch.manual_seed(args.seed)
     model = FuturePredictor(args.net, args.num_seq, args.pred_step, args.attn, args.pos_enc, args.gru_dropout)
     if args.pretrain:
         print(load_pretrained(model, args.pretrain))
     if args.train_what == "last":
         model.encoder.backbone.requires_grad_(False)
-    step_model = prepare_model(model, device, args.compile)
+    step_model = prepare_model(model, device, args.compile, processes, args.sync_bn)
     optimizer = adam([p for p in model.parameters() if p.requires_grad], device, args.lr, args.wd)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)
     recipe = pretraining_recipe(args.color_aug, args.gray, args.resize)
     augmenters = {stage: ClipAugment(recipe, args.img_dim, compiled=args.compile is not None)
                   for stage in ("train", "val")}
     run = Run(args, model, step_model, model.config, optimizer, scheduler, loaders, augmenters, device,
-              run_folder(args, run_name(args)))
-    print(f"pretraining on {device} ({speed_summary(args)}); logs and checkpoints in {run.run_dir}")
+              run_folder(args, run_name(args)), processes)
+    print(f"pretraining on {device} ({speed_summary(args)}; {processes.world_size} process(es) x batch "
+          f"{args.batch_size} = global batch {processes.world_size * args.batch_size}, {args.negatives} negatives); "
+          f"logs and checkpoints in {run.run_dir}")
     model_dir, last_val = fit(run, PretextTask(args))
     warning = plateau_warning(last_val, args.pred_step, model_dir, args.color_aug)
     if warning:
@@ -186,7 +210,14 @@ def main(argv=None) -> None:
     try:
         train(args)
     except (DataError, CheckpointError, TrainingDiverged, ValueError) as error:
-        sys.exit(f"error: {user_error(error)}")
+        sys.exit(f"error: {where()}{user_error(error)}")
+    except RuntimeError as error:
+        lost = lost_peer(error)
+        if lost is None:
+            raise
+        sys.exit(f"error: {where()}{lost}")
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

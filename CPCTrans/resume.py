@@ -20,9 +20,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def seed_epoch(seed: int, epoch: int) -> int:
-    """Seeds Python, NumPy and torch for `epoch`; returns the seed used."""
-    value = epoch_seed(seed, epoch)
+RANK_OFFSET = 1_000_003  # between the seeds of two processes' epochs: no two (epoch, rank) share one
+
+
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seeds Python, NumPy and torch for `epoch` in process `rank`; returns the seed used."""
+    value = epoch_seed(seed, epoch) + rank * RANK_OFFSET
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.manual_seed(value)
@@ -69,24 +72,26 @@ def resume_path(resume: str, model_dir: Path) -> Path:
 
 
 def begin_epoch(loader, augmenter, seed: int, epoch: int, skip_steps: int, saved_rng: dict | None,
-                device: torch.device) -> None:
-    """Seeds `epoch` for training; when continuing `skip_steps` into it, restores the RNG states saved at the stop."""
-    augmenter.reseed(seed_epoch(seed, epoch))
+                device: torch.device, rank: int = 0) -> None:
+    """Seeds `epoch` for training in process `rank`; when continuing `skip_steps` into it, restores the RNG states
+    saved at the stop (this process's)."""
+    augmenter.reseed(seed_epoch(seed, epoch, rank))
     if skip_steps and saved_rng:
         torch.set_rng_state(saved_rng["torch"])
         augmenter.generator.set_state(saved_rng["augment"])
         if saved_rng["cuda"] and device.type == "cuda":
             torch.cuda.set_rng_state_all(saved_rng["cuda"])
-    loader.sampler.set_epoch(epoch, skip_steps * loader.batch_size)
+    loader.sampler.set_epoch(epoch, skip_steps * loader.batch_size * loader.sampler.world_size)
 
 
-def begin_validation(loader, augmenter, seed: int, epoch: int) -> None:
+def begin_validation(loader, augmenter, seed: int, epoch: int, rank: int = 0) -> None:
     """Validation of `epoch` sees the same clips and augmentation whenever it runs."""
     loader.sampler.set_epoch(epoch)
-    augmenter.reseed(epoch_seed(seed, epoch))
+    augmenter.reseed(epoch_seed(seed, epoch) + rank * RANK_OFFSET)
 
 
 def rng_snapshot(augmenter, device: torch.device) -> dict:
+    """This process's random states; a checkpoint written inside an epoch keeps every process's, in rank order."""
     return {"torch": torch.get_rng_state(), "augment": augmenter.generator.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
 
@@ -100,10 +105,13 @@ def save_interrupted(state: dict, model_dir: Path, reason: str) -> Path:
     return path
 
 
-def resume_training(args, model, config: dict, optimizer, scheduler, model_dir: Path) -> tuple[float, int, dict | None]:
+def resume_training(args, model, config: dict, optimizer, scheduler, model_dir: Path,
+                    world_size: int = 1) -> tuple[float, int, list | None]:
     """Loads `--resume` into the model, optimiser (unless --reset_lr) and scheduler and sets args.start_epoch.
 
-    Returns (best accuracy so far, steps already done in the next epoch, RNG states to replay them).
+    Returns (best accuracy so far, steps already done in the next epoch, each process's RNG states to replay them).
+    An epoch's checkpoint continues with any number of processes; one written inside an epoch, with as many as
+    wrote it.
     """
     if not args.resume:
         # Saving rotates out older checkpoints of the folder: a fresh run must not start in an occupied one.
@@ -121,5 +129,8 @@ def resume_training(args, model, config: dict, optimizer, scheduler, model_dir: 
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     args.start_epoch, step = state["epoch"], state["step"]
+    if step and len(state["rng"]) != world_size:
+        raise CheckpointError(f"{path}: was stopped inside an epoch by {len(state['rng'])} processes; resume it with "
+                              f"as many, or from the last epoch checkpoint")
     print(f"resumed from {path} at epoch {args.start_epoch}" + (f", step {step}" if step else ""))
     return state["best_acc"], step, state["rng"]

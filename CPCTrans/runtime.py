@@ -1,6 +1,8 @@
 """What the training and testing CLIs share: device and speed flags, autocast, Adam, checkpoint rotation, the
 validation schedule, tensorboard writers, errors."""
 import argparse
+import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from CPCTrans.augment import RESIZE_KINDS
 from CPCTrans.checkpoint import save_atomic
 from CPCTrans.convgru import GRU_DROPOUT
 from CPCTrans.device import select_device
+from CPCTrans.distributed import Processes, from_environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,10 +33,25 @@ def run_folder(args, name: str) -> Path:
     return Path(args.log_root) / f"log_{args.prefix}" / name
 
 
+class NoWriter:
+    """Stands in for a tensorboard writer in the processes that do not write (all but rank 0)."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def add_image(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @contextmanager
-def stage_writers(run_dir: Path):
-    """Tensorboard writers for img/train and img/val, flushed and closed however the run ends (a stop, an error)."""
-    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) for stage in ("train", "val")}
+def stage_writers(run_dir: Path, writes: bool = True):
+    """Tensorboard writers for img/train and img/val, flushed and closed however the run ends (a stop, an error);
+    stand-ins that write nothing unless `writes`."""
+    writers = {stage: SummaryWriter(str(run_dir / "img" / stage)) if writes else NoWriter()
+               for stage in ("train", "val")}
     try:
         yield writers
     finally:
@@ -210,13 +228,43 @@ def adam(params, device: torch.device, lr: float, weight_decay: float) -> torch.
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kernels)
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device, compile_mode: str | None) -> torch.nn.Module:
-    """Moves `model` to `device` (channels_last on CUDA); returns the module to call, compiled in `compile_mode`
-    (one of COMPILE_MODES) unless that is None.
+def prepare_model(model: torch.nn.Module, device: torch.device, compile_mode: str | None,
+                  processes: Processes = Processes(), sync_bn: bool = False) -> torch.nn.Module:
+    """Moves `model` to `device` (channels_last on CUDA); returns the module to call: with several processes
+    wrapped in DistributedDataParallel (its BatchNorms synchronised across them when `sync_bn`), compiled in
+    `compile_mode` (one of COMPILE_MODES) unless that is None.
 
-    Keep the uncompiled `model` for state_dict(): compiled modules prefix every name.
+    Keep the bare `model` for state_dict() and train_mode(): the wrappers prefix every name.
     """
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     model.to(device)
-    return torch.compile(model, mode=compile_mode) if compile_mode else model
+    step_model = model
+    if processes.distributed:
+        if sync_bn:
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(step_model, mode=compile_mode) if compile_mode else step_model
+
+
+def start_processes(args) -> tuple[torch.device, Processes]:
+    """Joins the processes torchrun started, if any (each on the GPU of its local rank), and resolves the speed
+    flags for this process's device."""
+    wants_cuda = args.device != "cpu" and torch.cuda.is_available()
+    processes = from_environment("cuda" if wants_cuda else "cpu")
+    if processes.distributed:
+        args.gpu = str(processes.local_rank)
+        if not processes.is_main:  # rank 0 speaks for the run; errors still reach every rank's stderr
+            sys.stdout = open(os.devnull, "w")
+    device = resolve_speed_flags(args)
+    if getattr(args, "sync_bn", False) and device.type != "cuda":
+        raise SystemExit("--sync_bn synchronises BatchNorm across GPUs; it needs CUDA (drop it on the CPU)")
+    return device, processes
+
+
+def add_distributed_flags(parser) -> None:
+    """Flags of the training CLIs that matter only under torchrun (several processes)."""
+    parser.add_argument("--sync_bn", action="store_true",
+                        help="under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only); "
+                             "off, as the reference's DataParallel, each process normalises its own share")

@@ -1,5 +1,8 @@
 """The epoch loop of every training command (pretraining, finetuning, linear probe): resume, train, save a stop
-inside an epoch, validate, keep the best, save, stop. A task supplies what differs: its step and its metrics."""
+inside an epoch, validate, keep the best, save, stop. A task supplies what differs: its step and its metrics.
+
+Under torchrun every process runs the same loop on its share of each batch; they agree on stopping after each
+training step, sum their metrics at the end of each pass, and rank 0 alone writes."""
 import argparse
 import math
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ from tqdm import tqdm
 from CPCTrans.augment import ClipAugment, denormalize
 from CPCTrans.checkpoint import training_state
 from CPCTrans.data import BadSamples
+from CPCTrans.distributed import Processes
 from CPCTrans.prefetch import DeviceBatch, DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
@@ -38,11 +42,15 @@ class Run:
     augmenters: dict[str, ClipAugment]  # "train" and "val"
     device: torch.device
     run_dir: Path  # logs in img/, checkpoints in model/
+    processes: Processes = Processes()
 
 
 class Metrics(Protocol):
     def summary(self) -> dict:
         """At least "loss" and "top1" once a step was counted; {} before."""
+
+    def reduce(self, processes: Processes) -> None:
+        """Sums the counts over the processes; each calls it once, after its last batch."""
 
 
 class Task(Protocol):
@@ -59,6 +67,12 @@ def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+def stop_reason(reasons: list) -> str:
+    """The signal that stopped the run (of the first process that received one), and where it arrived."""
+    rank, signal_name = next((rank, reason) for rank, reason in enumerate(reasons) if reason)
+    return signal_name if len(reasons) == 1 else f"{signal_name} (to rank {rank})"
 
 
 def check_finite(summary: dict, epoch: int, step: int) -> None:
@@ -81,7 +95,7 @@ def run_epoch(run: Run, task: Task, stage: str, epoch: int, bad_samples: BadSamp
     steps_per_epoch = first_step + len(loader)
     batches = DeviceBatches(loader, augmenter, run.device, run.args.prefetch, augmenter.generator)
     progress = tqdm(batches, desc=f"{stage} epoch {epoch + 1}", leave=False, dynamic_ncols=True,
-                    initial=first_step, total=steps_per_epoch)
+                    initial=first_step, total=steps_per_epoch, disable=not run.processes.is_main)
     step = first_step
     with batches, torch.set_grad_enabled(training):
         for batch in progress:
@@ -99,9 +113,12 @@ def run_epoch(run: Run, task: Task, stage: str, epoch: int, bad_samples: BadSamp
                 if training:
                     for key, value in summary.items():
                         writer.add_scalar(f"local/{key}", value, epoch * steps_per_epoch + step)
-            if stop is not None and stop.requested:
+            # Every process stops after the same step: training steps exchange gradients.
+            if stop is not None and run.processes.any(stop.requested is not None):
                 break
     progress.close()
+    if run.processes.distributed:
+        metrics.reduce(run.processes)
     summary = metrics.summary()
     if summary:
         check_finite(summary, epoch, step)
@@ -112,41 +129,50 @@ def fit(run: Run, task: Task) -> tuple[Path, dict]:
     """Trains from --start_epoch (or where --resume left off) to --epochs. Returns the checkpoint folder and the
     last epoch's validation ({} when the run was stopped first).
 
-    Each epoch: train (a SIGINT or SIGTERM ends it at the next step, saved with the RNG states to continue exactly),
-    validate every --val_freq epochs, step the scheduler, write the curves, keep model_best when the validation's
-    top-1 is the best so far, write the epoch checkpoint every --save_freq epochs (and always when stopping).
+    Each epoch: train (a SIGINT or SIGTERM ends it at the next step, saved with every process's RNG states to
+    continue exactly), validate every --val_freq epochs, step the scheduler, write the curves, keep model_best when
+    the validation's top-1 is the best so far, write the epoch checkpoint every --save_freq epochs (and always when
+    stopping).
     """
-    args = run.args
+    args, processes = run.args, run.processes
     model_dir = run.run_dir / "model"
     best_acc, start_step, resume_rng = resume_training(args, run.model, run.config, run.optimizer, run.scheduler,
-                                                       model_dir)
+                                                       model_dir, processes.world_size)
     bad_samples = BadSamples(args.max_bad_samples)
     val = {}
-    with stage_writers(run.run_dir) as writers, GracefulStop() as stop:
+    with stage_writers(run.run_dir, processes.is_main) as writers, GracefulStop() as stop:
         for epoch in range(args.start_epoch, args.epochs):
             skip = start_step if epoch == args.start_epoch else 0
-            begin_epoch(run.loaders["train"], run.augmenters["train"], args.seed, epoch, skip, resume_rng,
-                        run.device)
+            begin_epoch(run.loaders["train"], run.augmenters["train"], args.seed, epoch, skip,
+                        resume_rng and resume_rng[processes.rank], run.device, processes.rank)
             train, steps = run_epoch(run, task, "train", epoch, bad_samples, writers["train"], skip, stop)
             if steps < skip + len(run.loaders["train"]):
-                save_interrupted(training_state(run.model, run.config, run.optimizer, run.scheduler, args, epoch,
-                                                steps, best_acc, rng_snapshot(run.augmenters["train"], run.device)),
-                                 model_dir, stop.requested)
+                rngs, reasons = zip(*processes.gather((rng_snapshot(run.augmenters["train"], run.device),
+                                                       stop.requested)))
+                if processes.is_main:
+                    save_interrupted(training_state(run.model, run.config, run.optimizer, run.scheduler, args,
+                                                    epoch, steps, best_acc, list(rngs)), model_dir,
+                                     stop_reason(reasons))
                 return model_dir, {}
             val = {}
             if should_validate(args, epoch):
-                begin_validation(run.loaders["val"], run.augmenters["val"], args.seed, epoch)
+                begin_validation(run.loaders["val"], run.augmenters["val"], args.seed, epoch, processes.rank)
                 val, _ = run_epoch(run, task, "val", epoch, bad_samples, writers["val"])
             run.scheduler.step()
             for stage, results in (("train", train), ("val", val)):
                 for key, value in results.items():
                     writers[stage].add_scalar(f"global/{key}", value, epoch + 1)
             is_best, best_acc = best_after(val, best_acc)
-            state = training_state(run.model, run.config, run.optimizer, run.scheduler, args, epoch + 1, 0, best_acc,
-                                   val_metrics=val)
-            path = save_epoch(state, model_dir, epoch + 1, is_best, should_save(args, epoch, bool(stop.requested)))
-            tqdm.write(f"epoch {epoch + 1}/{args.epochs}  {task.describe(train, val)}-> {saved_as(path)}")
-            if stop.requested:
-                print(f"stopped by {stop.requested} after epoch {epoch + 1}; continue with --resume {path}")
+            reasons = processes.gather(stop.requested)
+            stopping = any(reasons)
+            path = None
+            if processes.is_main:
+                state = training_state(run.model, run.config, run.optimizer, run.scheduler, args, epoch + 1, 0,
+                                       best_acc, val_metrics=val)
+                path = save_epoch(state, model_dir, epoch + 1, is_best, should_save(args, epoch, stopping))
+                tqdm.write(f"epoch {epoch + 1}/{args.epochs}  {task.describe(train, val)}-> {saved_as(path)}")
+            if stopping:
+                if processes.is_main:
+                    print(f"stopped by {stop_reason(reasons)} after epoch {epoch + 1}; continue with --resume {path}")
                 return model_dir, {}
     return model_dir, val

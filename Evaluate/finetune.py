@@ -11,7 +11,8 @@ from CPCTrans.checkpoint import load, load_pretrained
 from CPCTrans.convgru import GRU_DROPOUT
 from CPCTrans.data import make_loader
 from CPCTrans.device import autocast
-from CPCTrans.runtime import adam, prepare_model, resolve_speed_flags, run_folder, speed_summary
+from CPCTrans.distributed import Processes
+from CPCTrans.runtime import adam, prepare_model, run_folder, speed_summary, start_processes
 from CPCTrans.training import Run, fit, optimize
 from Evaluate.classifier import VideoClassifier
 from Evaluate.inputs import (ARCHITECTURE_DEFAULTS, architecture, class_names, clip_dataset, fill_data_flags,
@@ -36,6 +37,11 @@ class ClassificationMetrics:
             return {}
         loss, top1, top5 = (self.totals / self.seen).tolist()
         return {"loss": loss, "top1": top1, "top5": top5}
+
+    def reduce(self, processes: Processes) -> None:
+        counts = torch.zeros(3) if self.totals is None else self.totals.cpu().double()
+        total = processes.sum(torch.cat([counts, torch.tensor([float(self.seen)], dtype=torch.float64)]))
+        self.totals, self.seen = total[:3], int(total[3])
 
 
 class ClassificationTask:
@@ -79,12 +85,13 @@ def run_name(args) -> str:
 def finetune(args: argparse.Namespace) -> Path:
     fill_data_flags(args)
     torch.manual_seed(args.seed)
-    device = resolve_speed_flags(args)
+    device, processes = start_processes(args)
     classes = class_names(args)
     pretrained = load(args.pretrain, "cpc") if args.pretrain != "random" else None
     loaders = {stage: make_loader(clip_dataset(csv_name, args, len(classes), windows=False,
                                                fraction=1.0 if stage == "train" else args.val_fraction),
-                                  args.batch_size, args.workers, stage == "train", device, args.seed)
+                                  args.batch_size, args.workers, stage == "train", device, args.seed,
+                                  rank=processes.rank, world_size=processes.world_size)
                for stage, csv_name in (("train", "train"), ("val", "test"))}
     model = VideoClassifier(len(classes), args.net, **architecture(args, pretrained and pretrained["model_config"],
                                                                    args.pretrain), dropout=args.dropout,
@@ -92,7 +99,7 @@ def finetune(args: argparse.Namespace) -> Path:
     if pretrained is not None:
         print(load_pretrained(model, args.pretrain, pretrained))
         report_plateau(pretrained, args.pretrain)
-    step_model = prepare_model(model, device, args.compile)
+    step_model = prepare_model(model, device, args.compile, processes, args.sync_bn)
     optimizer = adam(model.param_groups(args.train_what, args.lr), device, args.lr, args.wd)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.1)
     config = {**model.config, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
@@ -102,7 +109,7 @@ def finetune(args: argparse.Namespace) -> Path:
     augmenters = {"train": ClipAugment(train_recipe, args.img_dim, compiled=compiled),
                   "val": ClipAugment(val_recipe, args.img_dim, compiled=compiled)}
     run = Run(args, model, step_model, config, optimizer, scheduler, loaders, augmenters, device,
-              run_folder(args, run_name(args)))
+              run_folder(args, run_name(args)), processes)
     print(f"finetuning ({args.train_what}) on {device} ({speed_summary(args)}); logs and checkpoints in "
           f"{run.run_dir}")
     model_dir, _ = fit(run, ClassificationTask())

@@ -1,5 +1,6 @@
 """Nearest-neighbour video retrieval (Evaluate/test.py --retrieval), as CoCLR and MemDPC report it: test videos
-query training videos by their features; a linear probe is fitted to the same features."""
+query training videos by their features; a linear probe is fitted to the same features. Under torchrun each
+process computes the features of its share of the windows and rank 0 retrieves with all of them."""
 import argparse
 import json
 from pathlib import Path
@@ -13,7 +14,8 @@ from CPCTrans.checkpoint import load, load_pretrained
 from CPCTrans.data import make_loader
 from CPCTrans.device import autocast
 from CPCTrans.prefetch import DeviceBatches
-from CPCTrans.runtime import prepare_model, resolve_speed_flags, run_folder
+from CPCTrans.distributed import Processes
+from CPCTrans.runtime import prepare_model, run_folder, start_processes
 from Evaluate.classifier import VideoClassifier
 from Evaluate.feature_probe import feature_probe_top1
 from Evaluate.inputs import (architecture, class_names, clip_dataset, fill_data_flags, report_plateau,
@@ -24,16 +26,16 @@ RECALL_AT = (1, 5, 10, 20)
 
 
 @torch.no_grad()
-def video_features(model, batches, device: torch.device, amp: bool, num_videos: int,
-                   desc: str = "features") -> torch.Tensor:
-    """(num_videos, C) on the CPU: each video's classifier input (model.features) averaged over its windows.
-    `batches` yields DeviceBatch (CPCTrans.prefetch)."""
+def video_features(model, batches, device: torch.device, amp: bool, num_videos: int, desc: str = "features",
+                   processes: Processes = Processes()) -> torch.Tensor:
+    """(num_videos, C) on the CPU: each video's classifier input (model.features) averaged over its windows, those
+    of every process. `batches` yields DeviceBatch (CPCTrans.prefetch)."""
     model.eval()
-    features = VideoMean(num_videos, device)
-    for batch in tqdm(batches, desc=desc, dynamic_ncols=True, leave=False):
+    features = VideoMean(num_videos, model.encoder.width, device)
+    for batch in tqdm(batches, desc=desc, dynamic_ncols=True, leave=False, disable=not processes.is_main):
         with autocast(device, amp):
             features.add(batch.videos, model.features(batch.inputs).float())
-    return features.result()
+    return features.result(processes)
 
 
 def recall_at_k(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
@@ -63,7 +65,7 @@ def retrieve(args: argparse.Namespace) -> dict:
     if state is not None:
         require_clip_flags(args, state, args.retrieval)
     fill_data_flags(args, saved)
-    device = resolve_speed_flags(args)
+    device, processes = start_processes(args)
     classes = class_names(args)
     torch.manual_seed(args.seed)
     model = VideoClassifier(len(classes), saved.get("net", args.net),
@@ -77,11 +79,14 @@ def retrieve(args: argparse.Namespace) -> dict:
     features, labels = {}, {}
     for stage in ("train", "test"):
         dataset = clip_dataset(stage, args, len(classes), windows=True)
-        loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device)
+        loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device,
+                             rank=processes.rank, world_size=processes.world_size)
         with DeviceBatches(loader, augmenter, device, args.prefetch) as batches:
             features[stage] = video_features(step_model, batches, device, args.amp, len(dataset.videos),
-                                             desc=f"{stage} features")
+                                             f"{stage} features", processes)
         labels[stage] = torch.tensor([record.label for record in dataset.videos])
+    if not processes.is_main:
+        return {}
     result = {**recall_at_k(features["train"], labels["train"], features["test"], labels["test"]),
               "probe_top1": feature_probe_top1(features["train"], labels["train"], features["test"],
                                                labels["test"], len(classes)),

@@ -14,8 +14,9 @@ import sys
 from CPCTrans.checkpoint import CheckpointError
 from CPCTrans.data import DataError
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
-from CPCTrans.runtime import (REPO_ROOT, add_gru_dropout_flag, add_resize_flag, add_run_flags, add_schedule_flags,
-                              add_speed_flags, check_img_dim, fraction, user_error)
+from CPCTrans.distributed import lost_peer, shutdown, where
+from CPCTrans.runtime import (REPO_ROOT, add_distributed_flags, add_gru_dropout_flag, add_resize_flag, add_run_flags,
+                              add_schedule_flags, add_speed_flags, check_img_dim, fraction, user_error)
 from CPCTrans.training import TrainingDiverged
 from Evaluate.classifier import TRAIN_WHAT
 from Evaluate.finetune import finetune
@@ -60,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="for a random init (default full); otherwise taken from the checkpoint")
     parser.add_argument("--pos_enc", default=None, choices=POSITION_KINDS,
                         help="for a random init (default none); otherwise taken from the checkpoint")
+    add_distributed_flags(parser)
     args = parser.parse_args(argv)
     check_img_dim(parser, args.img_dim)
     if args.test and args.retrieval:
@@ -81,7 +83,14 @@ def main(argv=None) -> None:
         else:
             finetune(args)
     except (DataError, CheckpointError, TrainingDiverged, ValueError) as error:
-        sys.exit(f"error: {user_error(error)}")
+        sys.exit(f"error: {where()}{user_error(error)}")
+    except RuntimeError as error:
+        lost = lost_peer(error)
+        if lost is None:
+            raise
+        sys.exit(f"error: {where()}{lost}")
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

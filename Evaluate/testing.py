@@ -1,5 +1,6 @@
 """Testing a finetuned classifier (Evaluate/test.py --test): every window of every test video, the softmax averaged
-per video, top-1/top-5, a JSON record and a confusion matrix next to the checkpoint."""
+per video, top-1/top-5, a JSON record and a confusion matrix next to the checkpoint. Under torchrun each process
+tests its share of the windows, each once, and rank 0 reports what they found together."""
 import argparse
 import json
 import time
@@ -15,7 +16,7 @@ from CPCTrans.checkpoint import CheckpointError, load
 from CPCTrans.data import make_loader
 from CPCTrans.device import autocast
 from CPCTrans.prefetch import DeviceBatches
-from CPCTrans.runtime import csv_root, prepare_model, resolve_speed_flags
+from CPCTrans.runtime import csv_root, prepare_model, start_processes
 from Evaluate.classifier import VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 from Evaluate.inputs import architecture, class_names, clip_dataset, fill_data_flags, require_clip_flags
@@ -29,13 +30,14 @@ def test(args: argparse.Namespace) -> dict:
     config = state["model_config"]
     require_clip_flags(args, state, args.test)
     fill_data_flags(args, config)
-    device = resolve_speed_flags(args)
+    device, processes = start_processes(args)
     classes = class_names(args)
     if len(classes) != config["num_classes"]:
         raise CheckpointError(f"{args.test}: has {config['num_classes']} classes but {csv_root(args) / 'classInd.txt'} "
                               f"lists {len(classes)}; test on the dataset it was finetuned on")
     dataset = clip_dataset("test", args, len(classes), windows=True)
-    loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device)
+    loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device, rank=processes.rank,
+                         world_size=processes.world_size)
     model = VideoClassifier(config["num_classes"], config["net"], **architecture(args, config, args.test),
                             dropout=config["dropout"])
     model.load_state_dict(state["state_dict"])
@@ -46,18 +48,21 @@ def test(args: argparse.Namespace) -> dict:
                  else ClipAugment(evaluation_recipe(args.resize), args.img_dim))
 
     num_videos = len(dataset.videos)
-    probabilities = VideoMean(num_videos, device)
+    probabilities = VideoMean(num_videos, len(classes), device)
     loss_sum = torch.zeros((), device=device)
     started = time.perf_counter()
     with DeviceBatches(loader, transform, device, args.prefetch) as batches:
-        for batch in tqdm(batches, desc="test", dynamic_ncols=True):
+        for batch in tqdm(batches, desc="test", dynamic_ncols=True, disable=not processes.is_main):
             with autocast(device, args.amp):
                 logits = step_model(batch.inputs).float()
             window_probabilities = logits.softmax(dim=1).view(len(batch.labels), views, -1).mean(dim=1)
             loss_sum += F.nll_loss(window_probabilities.clamp_min(1e-12).log(), batch.labels, reduction="sum")
             probabilities.add(batch.videos, window_probabilities)
-    probabilities = probabilities.result()
+    probabilities = probabilities.result(processes)
+    loss_sum = processes.sum(loss_sum)
     elapsed = time.perf_counter() - started
+    if not processes.is_main:
+        return {}
     labels = torch.tensor([record.label for record in dataset.videos])
     top5 = probabilities.topk(min(5, len(classes)), dim=1).indices == labels[:, None]
     result = {"top1": top5[:, 0].float().mean().item(), "top5": top5.any(dim=1).float().mean().item(),

@@ -28,7 +28,7 @@ def test_centring_removes_an_offset_shared_by_every_video():
 
 
 def test_window_values_average_per_video_in_any_order():
-    means = VideoMean(3, torch.device("cpu"))
+    means = VideoMean(3, 2, torch.device("cpu"))
     means.add(torch.tensor([2, 0]), torch.tensor([[4.0, 0.0], [1.0, 1.0]]))
     means.add(torch.tensor([0, 1, 2]), torch.tensor([[3.0, 1.0], [5.0, 5.0], [0.0, 2.0]]))
     assert torch.equal(means.result(), torch.tensor([[2.0, 1.0], [5.0, 5.0], [2.0, 1.0]]))
