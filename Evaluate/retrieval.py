@@ -20,9 +20,11 @@ from Evaluate.classifier import VideoClassifier
 from Evaluate.feature_probe import feature_probe_top1
 from Evaluate.inputs import (architecture, class_names, clip_dataset, fill_data_flags, report_plateau,
                              require_clip_flags)
+from Evaluate.report import report_run_of
 from Evaluate.video_mean import VideoMean
 
 RECALL_AT = (1, 5, 10, 20)
+SHOWN_QUERIES = 6  # test videos whose nearest training videos the JSON keeps, for the run's report
 
 
 @torch.no_grad()
@@ -38,14 +40,20 @@ def video_features(model, batches, device: torch.device, amp: bool, num_videos: 
     return features.result(processes)
 
 
-def recall_at_k(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                test_labels: torch.Tensor, ks=RECALL_AT) -> dict[str, float]:
-    """R@k: the share of test videos with a same-class video among their k nearest training videos (cosine
+def nearest_videos(train_features: torch.Tensor, test_features: torch.Tensor, k: int) -> torch.Tensor:
+    """(test videos, k): the indices of each test video's k nearest training videos, nearest first (cosine
     similarity after centring both sets on the training mean)."""
     centre = train_features.mean(dim=0)
     gallery = F.normalize(train_features - centre, dim=1)
     queries = F.normalize(test_features - centre, dim=1)
-    nearest = (queries @ gallery.t()).topk(min(max(ks), len(gallery)), dim=1).indices
+    return (queries @ gallery.t()).topk(min(k, len(gallery)), dim=1).indices
+
+
+def recall_at_k(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                test_labels: torch.Tensor, ks=RECALL_AT) -> dict[str, float]:
+    """R@k: the share of test videos with a same-class video among their k nearest training videos (cosine
+    similarity after centring both sets on the training mean)."""
+    nearest = nearest_videos(train_features, test_features, max(ks))
     hits = train_labels[nearest] == test_labels[:, None]
     return {f"R@{k}": hits[:, :k].any(dim=1).float().mean().item() for k in ks}
 
@@ -76,7 +84,7 @@ def retrieve(args: argparse.Namespace) -> dict:
     step_model = prepare_model(model, device, args.compile)
     augmenter = ClipAugment(evaluation_recipe(args.resize), args.img_dim)
 
-    features, labels = {}, {}
+    features, labels, videos = {}, {}, {}
     for stage in ("train", "test"):
         dataset = clip_dataset(stage, args, len(classes), windows=True)
         loader = make_loader(dataset, args.batch_size, args.workers, train=False, device=device,
@@ -85,6 +93,7 @@ def retrieve(args: argparse.Namespace) -> dict:
             features[stage] = video_features(step_model, batches, device, args.amp, len(dataset.videos),
                                              f"{stage} features", processes)
         labels[stage] = torch.tensor([record.label for record in dataset.videos])
+        videos[stage] = dataset.videos
     if not processes.is_main:
         return {}
     result = {**recall_at_k(features["train"], labels["train"], features["test"], labels["test"]),
@@ -92,7 +101,8 @@ def retrieve(args: argparse.Namespace) -> dict:
                                                labels["test"], len(classes)),
               "train_videos": len(labels["train"]), "test_videos": len(labels["test"]), "dataset": args.dataset,
               "split": args.split, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
-              "checkpoint": args.retrieval, **model.config}
+              "checkpoint": args.retrieval, **model.config,
+              "examples": examples(videos, nearest_videos(features["train"], features["test"], 5), classes)}
     print("retrieval " + " ".join(f"{key}: {result[key]:.4f}" for key in result if key.startswith("R@")))
     print(f"linear probe on the same features (logistic regression, converged): top1 {result['probe_top1']:.4f}")
     if state is not None:
@@ -103,4 +113,15 @@ def retrieve(args: argparse.Namespace) -> dict:
         json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {json_path}")
+    if state is not None:
+        report_run_of(json_path)
     return result
+
+
+def examples(videos: dict, nearest: torch.Tensor, classes: list[str]) -> list[dict]:
+    """The first SHOWN_QUERIES test videos and their nearest training videos: frame folder, frames, class."""
+    def described(record) -> dict:
+        return {"folder": record.folder, "frames": record.num_frames, "class": classes[record.label]}
+    return [{"query": described(videos["test"][query]),
+             "neighbours": [described(videos["train"][index]) for index in nearest[query].tolist()]}
+            for query in range(min(SHOWN_QUERIES, len(videos["test"])))]

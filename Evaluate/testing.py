@@ -20,6 +20,7 @@ from CPCTrans.runtime import csv_root, prepare_model, start_processes
 from Evaluate.classifier import VideoClassifier
 from Evaluate.confusion import confusion_matrix, save_confusion_png
 from Evaluate.inputs import architecture, class_names, clip_dataset, fill_data_flags, require_clip_flags
+from Evaluate.report import report_run_of
 from Evaluate.video_mean import VideoMean
 
 
@@ -70,6 +71,8 @@ def test(args: argparse.Namespace) -> dict:
               "videos_skipped": dataset.num_skipped, "windows": len(dataset), "dataset": args.dataset,
               "split": args.split, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
               "ten_crop": args.ten_crop, "checkpoint": str(args.test), "videos_per_second": num_videos / elapsed}
+    matrix = confusion_matrix(labels, probabilities.argmax(dim=1), len(classes))
+    result.update(classes=classes, confusion=matrix.tolist())
     print(f"Acc top1: {result['top1']:.4f} Acc top5: {result['top5']:.4f}")
     print(f"{num_videos} videos ({len(dataset)} windows) tested, {dataset.num_skipped} skipped, "
           f"{result['videos_per_second']:.1f} videos/s on {device}")
@@ -78,8 +81,8 @@ def test(args: argparse.Namespace) -> dict:
     json_path = checkpoint.with_name(f"{checkpoint.name}.test{suffix}.json")
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     png_path = checkpoint.with_name(f"{checkpoint.name}{suffix}.confusion.png")
-    matrix = confusion_matrix(labels, probabilities.argmax(dim=1), len(classes))
     save_confusion_png(matrix, png_path, f"{args.dataset} split {args.split}: top1 {result['top1']:.3f} "
                                          f"(rows true, columns predicted)")
     print(f"wrote {json_path} and {png_path}")
+    report_run_of(checkpoint)
     return result

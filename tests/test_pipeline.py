@@ -3,17 +3,21 @@
 The first pretraining and the refusals run as a user runs them, a Python of their own started in another
 directory; the later stages call the same entry points in this process, saving a Python start (~6 s) each.
 """
+import base64
 import json
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
 from CPCTrans import main as pretraining
+from Evaluate import report as run_report
 from Evaluate import test as evaluation
 from Evaluate.finetune import run_name as finetune_run_name
 from Evaluate.inputs import fill_data_flags
@@ -41,6 +45,41 @@ def in_process(entry_point, *flags, capsys) -> subprocess.CompletedProcess:
         status, refusal = (1, stop.code + "\n") if isinstance(stop.code, str) else (stop.code or 0, "")
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(flags, status, out, err + refusal)
+
+
+class ReportPage(HTMLParser):
+    """A report.html read as a browser would: its table rows (cell texts) and its images."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.rows, self.images, self._row, self._cell = [], [], None, None
+        self.feed(path.read_text())
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = ""
+        elif tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr":
+            self.rows.append(self._row)
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def decoded_images(self) -> list:
+        prefix = "data:image/png;base64,"
+        assert all(source.startswith(prefix) for source in self.images), "every image is embedded"
+        return [cv2.imdecode(np.frombuffer(base64.b64decode(source[len(prefix):]), np.uint8), cv2.IMREAD_COLOR)
+                for source in self.images]
 
 
 def only(paths):
@@ -118,6 +157,22 @@ def test_finetune_then_test_writes_accuracy_json_and_confusion_png(pretrained, d
     assert report["ten_crop"] is True and report["videos_tested"] == 5
     assert finetuned.with_name(finetuned.name + ".tencrop.confusion.png").is_file()
 
+    # The run's page, written by each test: both views' numbers as in their JSON, every image embedded and decoding.
+    page = ReportPage(finetuned.parents[1] / "report.html")
+    for suffix, view in ((".test.json", "centre"), (".test.tencrop.json", "ten-crop")):
+        tested = json.loads(finetuned.with_name(finetuned.name + suffix).read_text())
+        start = page.rows.index(["view", view])
+        assert page.rows[start + 1:start + 3] == [["top1", f"{tested['top1']:.4f}"], ["top5", f"{tested['top5']:.4f}"]]
+    images = page.decoded_images()
+    assert len(images) >= 4 and all(image is not None and image.size for image in images)  # curves, 2 confusions
+    assert (finetuned.parents[1] / "report.md").read_text().count("](report/") == len(images)
+    # Two runs compared: the pretraining and this finetuning, the numbers as their files have them.
+    run_report.main([str(only(logs.glob("log_tmp/*/model")).parent), str(finetuned.parents[1]), "--out",
+                 str(tmp_path / "compared")])
+    table = (tmp_path / "compared" / "comparison.md").read_text().splitlines()
+    finetuned_row = only(row for row in table if row.startswith(f"| {finetuned.parents[1].name} |"))
+    assert f"| {json.loads(finetuned.with_name(finetuned.name + '.test.json').read_text())['top1']:.4f} |" in finetuned_row
+
 
 def test_retrieval_reports_recall_for_a_checkpoint_and_for_random_init(pretrained, demo_dataset, tmp_path, capsys):
     logs, _ = pretrained
@@ -141,6 +196,14 @@ def test_retrieval_reports_recall_for_a_checkpoint_and_for_random_init(pretraine
         assert line.endswith(f"top1 {report['probe_top1']:.4f}")
         right = 5 * report["probe_top1"]
         assert right == pytest.approx(round(right)) and 0 <= right <= 5
+    # The pretraining run's page: the checkpoint's recalls, and each query's strip of nearest videos.
+    retrieved = json.loads(checkpoint.with_name(checkpoint.name + ".retrieval.json").read_text())
+    page = ReportPage(checkpoint.parents[1] / "report.html")
+    assert ["R@1", f"{retrieved['R@1']:.4f}"] in page.rows
+    assert ["probe_top1", f"{retrieved['probe_top1']:.4f}"] in page.rows
+    strips = [image for image in page.decoded_images() if image.shape[1] > 4 * image.shape[0]]
+    assert len(retrieved["examples"]) == 5 and len(strips) == 5
+    assert all(len(example["neighbours"]) == 5 for example in retrieved["examples"])
 
 
 def test_a_checkpoint_on_the_pretext_plateau_is_named_in_a_warning(pretrained, demo_dataset, tmp_path, capsys):
