@@ -292,9 +292,9 @@ class EpochSampler(Sampler):
     Every epoch is reproducible whatever happened before it, which makes resuming exact:
     `set_epoch(epoch, skip)` replays an epoch from the `skip`-th item of its order.
 
-    With several processes the order is the same in each, and rank r takes the r-th `batch_size` items of every
-    global batch (`batch_size` x `world_size` consecutive items): one process with the global batch would see the
-    same clips in each step, whatever the number of processes. Past the last whole global batch, the items left are
+    With several processes the order is the same in each, and rank r takes the r-th `batch_size` items of each
+    step's global batch (`batch_size` x `world_size` consecutive items): one process with the global batch would
+    see the same clips in each step, whatever the number of processes. Past the last whole global batch, the items left are
     dropped (`drop_last`) or split into one contiguous part per rank, each item read once.
     """
 
