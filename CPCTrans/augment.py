@@ -12,6 +12,7 @@ random RGB channel to all three (gray "channel"); gray "luminance" uses the ITU-
 """
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from itertools import accumulate
 
 import torch
@@ -105,15 +106,20 @@ def _center_boxes(sizes: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
 
 def _random_fixed_boxes(sizes: torch.Tensor, generator) -> torch.Tensor:
     heights, widths = sizes[:, 0], sizes[:, 1]
-    side = torch.minimum(torch.full_like(heights, CROP_SIZE), torch.minimum(heights, widths))
+    side = _crop_side(sizes)
     x1 = (torch.rand(len(sizes), generator=generator) * (widths - side + 1)).floor()
     y1 = (torch.rand(len(sizes), generator=generator) * (heights - side + 1)).floor()
     return torch.stack([x1, y1, x1 + side, y1 + side], dim=1).float()
 
 
+def _crop_side(sizes: torch.Tensor) -> torch.Tensor:
+    """CROP_SIZE, or the short side of a smaller frame."""
+    return torch.minimum(torch.full((len(sizes),), CROP_SIZE), sizes.min(dim=1).values).float()
+
+
 def _fixed_center_boxes(sizes: torch.Tensor) -> torch.Tensor:
     """The centre CROP_SIZE square (the short side's, in a smaller frame)."""
-    return _center_boxes(sizes, torch.minimum(torch.full((len(sizes),), CROP_SIZE), sizes.min(dim=1).values).float())
+    return _center_boxes(sizes, _crop_side(sizes))
 
 
 def _random_sized_boxes(sizes: torch.Tensor, p: float, generator, attempts: int = 10) -> torch.Tensor:
@@ -185,6 +191,7 @@ def _roi_resize(frames: torch.Tensor, frame_index: torch.Tensor, boxes: torch.Te
     return roi_align(frames, rois, output_size=size, spatial_scale=1.0, sampling_ratio=samples, aligned=True)
 
 
+@lru_cache
 def nearest_indices(source: int, size: int) -> torch.Tensor:
     """For each of `size` output pixels, the one of `source` input pixels PIL's NEAREST takes: floor((i + 0.5) *
     scale), the positions summed step by step in double precision as PIL sums them (products differ at some sizes,
@@ -216,7 +223,7 @@ def crop_resize(frames: torch.Tensor, boxes: torch.Tensor, frames_per_box: int, 
 
 def ten_crop_boxes(sizes: torch.Tensor) -> torch.Tensor:
     """(B, 5, 4): the four corner squares (top-left, top-right, bottom-left, bottom-right) and the centre one."""
-    side = torch.minimum(torch.full((len(sizes),), CROP_SIZE), sizes.min(dim=1).values).float()
+    side = _crop_side(sizes)
     right, bottom = sizes[:, 1].float() - side, sizes[:, 0].float() - side
     zero = torch.zeros_like(side)
     corners = [torch.stack([x1, y1, x1 + side, y1 + side], dim=1)

@@ -21,21 +21,17 @@ TIMEOUT = timedelta(minutes=10)
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out", "Timed out")
 
 
-class PeerLost(Exception):
-    """Another process of the run stopped answering."""
-
-
-def lost_peer(error: BaseException) -> PeerLost | None:
-    """The one-line form of a collective that failed because another process of the run is gone; None for an
-    error of any other kind."""
+def lost_peer(error: BaseException) -> str | None:
+    """What to say when a collective failed because another process of the run is gone; None for an error of any
+    other kind."""
     if not dist.is_initialized() or not isinstance(error, RuntimeError):
         return None
     text = str(error)
     if not isinstance(error, dist.DistError) and not any(sign in text for sign in PEER_GONE):
         return None
     cause = next((sign for sign in PEER_GONE if sign in text), text.strip().splitlines()[0])
-    return PeerLost(f"another process of this run is gone ({cause}); every process stops; continue with "
-                    f"--resume latest (the last checkpoint written)")
+    return (f"another process of this run is gone ({cause}); every process stops; continue with --resume latest "
+            f"(the last checkpoint written)")
 
 
 @dataclass(frozen=True)

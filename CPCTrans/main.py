@@ -4,23 +4,22 @@
         --epochs 300 --num_seq 5 --pred_step 3
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 from CPCTrans.augment import COLOR_AUG_KINDS, GRAY_KINDS, ClipAugment, pretraining_recipe
-from CPCTrans.checkpoint import CheckpointError, load_pretrained
+from CPCTrans.checkpoint import load_pretrained
 from CPCTrans.convgru import GRU_DROPOUT
 from CPCTrans.cpc import FuturePredictor, PretextMetrics, contrastive_loss, dense_scores, plateau_warning, reverse_future
-from CPCTrans.data import DataError, make_loader, read_class_names, split_dataset
+from CPCTrans.data import make_loader, read_class_names, split_dataset
 from CPCTrans.device import autocast
-from CPCTrans.distributed import Processes, gather_with_grad, lost_peer, shutdown, where
+from CPCTrans.distributed import Processes, gather_with_grad
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.runtime import (REPO_ROOT, adam, add_distributed_flags, add_gru_dropout_flag, add_resize_flag,
                               add_run_flags, add_schedule_flags, add_speed_flags, check_img_dim, csv_root, fraction,
-                              prepare_model, run_folder, speed_summary, split_csv, start_processes, user_error)
-from CPCTrans.training import Run, TrainingDiverged, fit, optimize
+                              prepare_model, run_folder, speed_summary, split_csv, start_processes)
+from CPCTrans.training import Run, fit, optimize, run_command
 
 NEGATIVE_KINDS = ("global", "local")
 
@@ -206,18 +205,7 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:
-        train(args)
-    except (DataError, CheckpointError, TrainingDiverged, ValueError) as error:
-        sys.exit(f"error: {where()}{user_error(error)}")
-    except RuntimeError as error:
-        lost = lost_peer(error)
-        if lost is None:
-            raise
-        sys.exit(f"error: {where()}{lost}")
-    finally:
-        shutdown()
+    run_command(train, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Under torchrun every process runs the same loop on its share of each batch; they
 training step, sum their metrics at the end of each pass, and rank 0 alone writes."""
 import argparse
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -15,13 +16,14 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from CPCTrans.augment import ClipAugment, denormalize
-from CPCTrans.checkpoint import training_state
-from CPCTrans.data import BadSamples
-from CPCTrans.distributed import Processes
+from CPCTrans.checkpoint import CheckpointError, training_state
+from CPCTrans.data import BadSamples, DataError
+from CPCTrans.distributed import Processes, lost_peer, shutdown, where
 from CPCTrans.prefetch import DeviceBatch, DeviceBatches
 from CPCTrans.resume import (GracefulStop, begin_epoch, begin_validation, resume_training, rng_snapshot,
                              save_interrupted)
-from CPCTrans.runtime import best_after, save_epoch, saved_as, should_save, should_validate, stage_writers
+from CPCTrans.runtime import (best_after, save_epoch, saved_as, should_save, should_validate, stage_writers,
+                              user_error)
 
 
 class TrainingDiverged(Exception):
@@ -61,6 +63,22 @@ class Task(Protocol):
 
     def describe(self, train: dict, val: dict) -> str:
         """An epoch's results for its console line; `val` is empty when the epoch was not validated."""
+
+
+def run_command(job, args: argparse.Namespace) -> None:
+    """Runs a command's `job(args)`; an error a user can fix, or the loss of another process of the run, ends it
+    with one line naming the rank (under torchrun) instead of a traceback."""
+    try:
+        job(args)
+    except (DataError, CheckpointError, TrainingDiverged, ValueError) as error:
+        sys.exit(f"error: {where()}{user_error(error)}")
+    except RuntimeError as error:
+        lost = lost_peer(error)
+        if lost is None:
+            raise
+        sys.exit(f"error: {where()}{lost}")
+    finally:
+        shutdown()
 
 
 def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

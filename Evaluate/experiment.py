@@ -37,6 +37,7 @@ from CPCTrans.data import DataError
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.resume import resumable_checkpoints
 from CPCTrans.runtime import REPO_ROOT, add_compile_flag, run_folder, user_error
+from CPCTrans.training import TrainingDiverged
 from Evaluate import finetune, retrieval, testing
 from Evaluate import test as evaluation
 from Evaluate.inputs import fill_data_flags
@@ -391,7 +392,7 @@ def main(argv=None) -> int:
                     dataset=own_data.name if own_data else "demo")
     try:
         results = run_experiment(runner, args.attn, args.seeds, jobs)
-    except (DataError, CheckpointError, pretraining.TrainingDiverged, ValueError) as error:
+    except (DataError, CheckpointError, TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {user_error(error)}")
     minutes = (time.perf_counter() - started) / 60
     stage_minutes = {stage: round(seconds / 60, 2) for stage, seconds in runner.seconds.items()}

@@ -9,15 +9,11 @@
 The three jobs live in Evaluate/finetune.py, Evaluate/testing.py and Evaluate/retrieval.py.
 """
 import argparse
-import sys
 
-from CPCTrans.checkpoint import CheckpointError
-from CPCTrans.data import DataError
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
-from CPCTrans.distributed import lost_peer, shutdown, where
 from CPCTrans.runtime import (REPO_ROOT, add_distributed_flags, add_gru_dropout_flag, add_resize_flag, add_run_flags,
-                              add_schedule_flags, add_speed_flags, check_img_dim, fraction, user_error)
-from CPCTrans.training import TrainingDiverged
+                              add_schedule_flags, add_speed_flags, check_img_dim, fraction)
+from CPCTrans.training import run_command
 from Evaluate.classifier import TRAIN_WHAT
 from Evaluate.finetune import finetune
 from Evaluate.retrieval import retrieve
@@ -75,22 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        if args.retrieval:
-            retrieve(args)
-        elif args.test:
-            test(args)
-        else:
-            finetune(args)
-    except (DataError, CheckpointError, TrainingDiverged, ValueError) as error:
-        sys.exit(f"error: {where()}{user_error(error)}")
-    except RuntimeError as error:
-        lost = lost_peer(error)
-        if lost is None:
-            raise
-        sys.exit(f"error: {where()}{lost}")
-    finally:
-        shutdown()
+    run_command(retrieve if args.retrieval else test if args.test else finetune, args)
 
 
 if __name__ == "__main__":
