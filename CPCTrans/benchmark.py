@@ -1,9 +1,12 @@
-"""Throughput of pretraining, piece by piece and end to end, on real JPEG frame folders.
+"""Throughput of pretraining, piece by piece and end to end, on real JPEG frame folders or video files.
 
     python CPCTrans/benchmark.py --img_dim 224 --batch_size 16 --num_seq 5 --pred_step 3
+    python CPCTrans/benchmark.py --source video --video_root K400/videos_256
 
 Without --frame_root it first writes its own 320x240 JPEG folders (the demo dataset's camera
-motion, JPEG quality 80, as extract_frame.py writes them). Prints a table and one JSON line:
+motion, JPEG quality 80, as extract_frame.py writes them). With --source video it reads videos (--video_root, or
+.mp4 files of the same footage that it writes, as extract_frame.py --out video does), and also measures the loader
+on the same footage extracted to frames. Prints a table and one JSON line:
 model step alone (augmented input already on the device), augmentation alone, loader alone
 (read, decode, collate and copy to the device), end to end, peak GPU memory of the end-to-end run.
 On a GPU every timing follows a warm-up and a synchronisation; model-step and augmentation numbers
@@ -26,15 +29,18 @@ import numpy as np
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
+from torch.utils.data import DataLoader
 
 from CPCTrans.augment import ClipAugment, pretraining_recipe
 from CPCTrans.cpc import FuturePredictor
-from CPCTrans.data import ClipDataset, VideoRecord, clips_to_device, make_loader
+from CPCTrans.data import SHORT_SIDE, ClipDataset, VideoRecord, clips_to_device, make_loader
 from CPCTrans.main import train_step
 from CPCTrans.prefetch import DeviceBatches
 from CPCTrans.distributed import shutdown
-from CPCTrans.runtime import adam, add_resize_flag, add_speed_flags, prepare_model, start_processes
-from ProcessData.make_demo import CLASSES, camera_video
+from CPCTrans.runtime import adam, add_resize_flag, add_source_flags, add_speed_flags, prepare_model, start_processes
+from CPCTrans.video import frame_count
+from ProcessData.extract_frame import extract_video, find_videos
+from ProcessData.make_demo import CLASSES, camera_video, write_video_file
 
 
 def write_frame_folders(root: Path, videos: int, frames: int, seed: int = 0) -> list[VideoRecord]:
@@ -48,6 +54,34 @@ def write_frame_folders(root: Path, videos: int, frames: int, seed: int = 0) -> 
             cv2.imwrite(str(folder / f"image_{number:05d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 80])
         records.append(VideoRecord(str(folder), frames, 0))
     return records
+
+
+def write_videos(root: Path, videos: int, frames: int, seed: int = 0) -> list[VideoRecord]:
+    """The footage of write_frame_folders as .mp4 files (mp4v, as extract_frame.py --out video writes them)."""
+    rng = np.random.default_rng(seed)
+    motions = list(CLASSES.values())
+    root.mkdir(parents=True)
+    for index in range(videos):
+        write_video_file(root / f"video{index:04d}.mp4", camera_video(rng, motions[index % len(motions)], frames))
+    return read_video_root(root)
+
+
+def read_video_root(root: Path) -> list[VideoRecord]:
+    """Every .mp4 and .avi below `root` becomes a video."""
+    paths = find_videos(root, "mp4") + find_videos(root, "avi")
+    return [VideoRecord(str(path), frame_count(str(path)), 0) for path in paths]
+
+
+def extract_frames(records: list[VideoRecord], root: Path, short_side: int) -> list[VideoRecord]:
+    """The videos' frames as extract_frame.py writes them: the frame source's footage for a comparison."""
+    extracted = []
+    for index, record in enumerate(records):
+        folder = root / f"video{index:04d}"
+        _, frames, error = extract_video(Path(record.folder), folder, short_side)
+        if error:
+            raise SystemExit(f"error: {record.folder}: {error}")
+        extracted.append(VideoRecord(str(folder), frames, 0))
+    return extracted
 
 
 def read_frame_root(root: Path) -> list[VideoRecord]:
@@ -150,7 +184,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", default=50, type=int, help="timed steps per measurement")
     parser.add_argument("--warmup", default=10, type=int)
     parser.add_argument("--frame_root", type=Path, default=None, help="existing frame folders to read")
-    parser.add_argument("--videos", default=64, type=int, help="videos to write when no --frame_root")
+    parser.add_argument("--video_root", type=Path, default=None,
+                        help="with --source video: existing .mp4/.avi files to read (any depth)")
+    parser.add_argument("--videos", default=64, type=int, help="videos to write when no --frame_root (with --video_root: the first this many are read)")
     parser.add_argument("--frames", default=60, type=int, help="frames per written video")
     parser.add_argument("--profile", type=Path, default=None, metavar="TRACE",
                         help="then run --steps more end-to-end steps under torch.profiler: a Chrome trace of every "
@@ -160,6 +196,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also measure this many processes (torchrun, one per GPU) and their scaling efficiency "
                              "against one process")
     add_resize_flag(parser, "nearest")
+    add_source_flags(parser, "frames", SHORT_SIDE)
     add_speed_flags(parser)
     return parser.parse_args(argv)
 
@@ -167,15 +204,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 def print_table(result: dict) -> None:
     print(f"device {result['device']}: batch {result['batch_size']}, {result['img_dim']}px, "
           f"{result['num_seq']} frames, amp={result['amp']}, compile={result['compile']}, resize={result['resize']}, "
-          f"decode={result['decode']}, {result['workers']} workers, prefetch {result['prefetch']}")
+          f"source={result['source']}, decode={result['decode']}, {result['workers']} workers, "
+          f"prefetch {result['prefetch']}")
     print("| what | clips/s |\n|---|---|")
-    for name in ("model_step", "augment", "loader", "end_to_end"):
-        print(f"| {name.replace('_', ' ')} | {result[f'{name}_clips_per_s']:.1f} |")
+    for name in ("model_step", "augment", "loader", "loader_from_frames", "end_to_end"):
+        if f"{name}_clips_per_s" in result:
+            print(f"| {name.replace('_', ' ')} | {result[f'{name}_clips_per_s']:.1f} |")
     print(f"end to end / model step: {result['end_to_end_over_model_step']:.2f}; "
           f"peak GPU memory: {result['peak_gpu_memory_gib']} GiB")
 
 
-def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
+def loader_seconds(records: list[VideoRecord], args: argparse.Namespace, source: str, device: torch.device,
+                   processes) -> tuple[DataLoader, float]:
+    """A training loader over `records` (repeated to last the run), and its seconds per batch copied to `device`."""
+    clips_needed = args.batch_size * (args.steps + args.warmup) * processes.world_size
+    dataset = ClipDataset(records * max(1, -(-clips_needed // len(records))), args.num_seq, args.ds,
+                          encoded=args.decode == "gpu", source=source, short_side=args.short_side)
+    loader = make_loader(dataset, args.batch_size, args.workers, train=True, device=device, rank=processes.rank,
+                         world_size=processes.world_size)
+    return loader, throughput_seconds(endless(loader), lambda batch: clips_to_device(batch[0], batch[1], device),
+                                      args.steps, args.warmup, device)
+
+
+def benchmark(args: argparse.Namespace, records: list[VideoRecord],
+              frame_records: list[VideoRecord] | None = None) -> dict:
+    """`frame_records`: the same footage as frame folders, whose loader is measured too (--source video)."""
     device, processes = start_processes(args)
     if processes.distributed and args.profile:
         raise SystemExit("--profile profiles one process; run it without torchrun")
@@ -185,11 +238,6 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     optimizer = adam(model.parameters(), device, lr=1e-3, weight_decay=1e-5)
     augmenter = ClipAugment(pretraining_recipe("frame", resize=args.resize), args.img_dim, seed=0,
                             compiled=args.compile is not None)
-    clips_needed = args.batch_size * (args.steps + args.warmup) * processes.world_size
-    dataset = ClipDataset(records * max(1, -(-clips_needed // len(records))), args.num_seq, args.ds,
-                          encoded=args.decode == "gpu")
-    loader = make_loader(dataset, args.batch_size, args.workers, train=True, device=device, rank=processes.rank,
-                         world_size=processes.world_size)
 
     # Stored channel-last, as the loader hands clips out (data.stack_frames): the augmentation's timing includes
     # reordering them.
@@ -200,8 +248,11 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
     model_s = median_seconds(lambda: train_step(step_model, optimizer, inputs, device, args.amp, every_process),
                              args.steps, args.warmup, device)
     augment_s = median_seconds(lambda: augmenter(raw, sizes), args.steps, args.warmup, device)
-    loader_s = throughput_seconds(endless(loader), lambda batch: clips_to_device(batch[0], batch[1], device),
-                                  args.steps, args.warmup, device)
+    loader, loader_s = loader_seconds(records, args, args.source, device, processes)
+    per_second = {}
+    if frame_records:
+        per_second["loader_from_frames"] = args.batch_size / loader_seconds(frame_records, args, "frames", device,
+                                                                             processes)[1]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # As in training: batches copied and augmented --prefetch steps ahead, one pass over the loader.
@@ -213,13 +264,14 @@ def benchmark(args: argparse.Namespace, records: list[VideoRecord]) -> dict:
 
     end_to_end_s = end_to_end(args.warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    per_second = {name: args.batch_size / seconds for name, seconds in
-                  (("model_step", model_s), ("augment", augment_s), ("loader", loader_s), ("end_to_end", end_to_end_s))}
+    per_second.update({name: args.batch_size / seconds for name, seconds in
+                       (("model_step", model_s), ("augment", augment_s), ("loader", loader_s),
+                        ("end_to_end", end_to_end_s))})
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "img_dim": args.img_dim, "batch_size": args.batch_size, "num_seq": args.num_seq, "pred_step": args.pred_step,
         "amp": args.amp, "compile": args.compile, "resize": args.resize,
-        "decode": args.decode, "workers": args.workers, "prefetch": args.prefetch,
+        "source": args.source, "decode": args.decode, "workers": args.workers, "prefetch": args.prefetch,
         **{f"{name}_clips_per_s": round(value, 1) for name, value in per_second.items()},
         "peak_gpu_memory_gib": None if peak is None else round(peak, 3),
         "end_to_end_over_model_step": round(per_second["end_to_end"] / per_second["model_step"], 3),
@@ -285,14 +337,21 @@ def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
-        if args.frame_root:
+        frame_records = None
+        if args.source == "video":
+            records = (read_video_root(args.video_root)[:args.videos] if args.video_root else
+                       write_videos(Path(scratch) / "videos", args.videos, args.frames))
+            if not records:
+                raise SystemExit(f"error: {args.video_root}: no .mp4 or .avi file below it; give videos")
+            frame_records = extract_frames(records, Path(scratch) / "frames", args.short_side)
+        elif args.frame_root:
             records = read_frame_root(args.frame_root)
             if not records:
                 raise SystemExit(f"error: {args.frame_root}: no image_00001.jpg below it; give extracted frames")
         else:
             records = write_frame_folders(Path(scratch), args.videos, args.frames)
         try:
-            result = benchmark(args, records)
+            result = benchmark(args, records, frame_records)
         finally:
             shutdown()
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:

@@ -1,12 +1,15 @@
-"""Frame-folder datasets driven by the CSV index (docs/method.md, "Data formats"): one class for every dataset.
+"""Clip datasets driven by the CSV index (docs/method.md, "Data formats"): one class for every dataset.
 
-Workers read and decode JPEGs (torchvision.io) and hand out uint8 clips; everything else
-happens batched on the training device (CPCTrans.augment).
+Workers read and decode JPEG frames (torchvision.io), or the frames a clip needs straight from its video file
+(CPCTrans.video), and hand out uint8 clips; everything else happens batched on the training device
+(CPCTrans.augment).
 """
 import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
@@ -15,6 +18,10 @@ from tqdm import tqdm
 
 from CPCTrans.device import to_device
 from CPCTrans.resume import epoch_seed
+from CPCTrans.video import VideoError, clip_frames, resize_short_side
+
+SOURCES = ("frames", "video")  # what the CSV's first column names: frame folders, or video files
+SHORT_SIDE = 240  # frames decoded from videos are resized to this short side, as extract_frame.py writes them
 
 
 class DataError(Exception):
@@ -23,20 +30,20 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class VideoRecord:
-    folder: str
+    folder: str  # frame folder, or video file (--source video)
     num_frames: int
     label: int
 
 
 def read_class_names(path: Path) -> list[str]:
-    """classInd.txt ("1 ApplyEyeMakeup" per line, 1-based) -> names in index order."""
+    """classInd.txt ("1 ApplyEyeMakeup" per line, 1-based; Kinetics' names have spaces) -> names in index order."""
     if not path.is_file():
         raise DataError(f"{path}: class list not found; run ProcessData/write_csv.py first")
     names = {}
     for line_number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        parts = line.split()
+        parts = line.strip().split(maxsplit=1)
         if len(parts) != 2 or not parts[0].isdigit():
             raise DataError(f"{path}:{line_number}: expected '<index> <class name>', got {line!r}")
         names[int(parts[0])] = parts[1]
@@ -125,6 +132,16 @@ def decode_frames(paths: list[str]) -> torch.Tensor:
     return stack_frames(frames)
 
 
+def decode_video_clip(path: str, indices: list[int], short_side: int) -> torch.Tensor:
+    """The frames at `indices` of a video file, short side resized to `short_side` -> uint8 (N, 3, H, W) stored
+    channel-last, as decode_frames gives them."""
+    try:
+        frames = clip_frames(path, indices)
+    except VideoError as error:
+        raise DataError(str(error)) from None
+    return torch.from_numpy(np.stack([resize_short_side(frame, short_side) for frame in frames])).permute(0, 3, 1, 2)
+
+
 def stack_frames(frames: list[torch.Tensor]) -> torch.Tensor:
     """Tensors (..., 3, H, W) stored channel-last, as JPEG decoders give them -> stacked on a new first
     dimension, stored channel-last too: a plain copy. Stacking them channel-first is a transposing copy, much
@@ -139,6 +156,7 @@ class ClipDataset(Dataset):
     windows=True: every test window of every video, each item tagged with its video's index.
     encoded=True: items carry the JPEG files' bytes (all frames in one tensor, plus each file's length),
     to be decoded on the GPU by `clips_to_device`.
+    source="video": the records name video files, whose frames are decoded and resized to `short_side`.
     replace_bad=True: a clip that cannot be read is replaced by the next readable one, and the
     item carries what went wrong (training); otherwise the DataError propagates.
     Videos shorter than num_seq * ds frames are left out and counted in `num_skipped`; `fraction` < 1 keeps a
@@ -149,8 +167,12 @@ class ClipDataset(Dataset):
     MAX_REPLACEMENTS = 10
 
     def __init__(self, records: list[VideoRecord], num_seq: int, ds: int, windows: bool = False,
-                 encoded: bool = False, replace_bad: bool = False, fraction: float = 1.0):
+                 encoded: bool = False, replace_bad: bool = False, fraction: float = 1.0, source: str = "frames",
+                 short_side: int = SHORT_SIDE):
+        if encoded and source == "video":
+            raise DataError("--decode gpu decodes JPEG frames; with --source video use --decode cpu")
         self.num_seq, self.ds, self.encoded, self.replace_bad = num_seq, ds, encoded, replace_bad
+        self.source, self.short_side = source, short_side
         long_enough = [r for r in records if clip_start_range(r.num_frames, num_seq, ds) > 0]
         self.num_skipped = len(records) - len(long_enough)
         self.videos = sample_videos(long_enough, fraction)
@@ -185,7 +207,10 @@ class ClipDataset(Dataset):
         if start is None:
             draw = float(torch.rand(())) if draw is None else draw
             start = int(draw * clip_start_range(record.num_frames, self.num_seq, self.ds))
-        paths = [frame_path(record.folder, i) for i in clip_indices(start, self.num_seq, self.ds)]
+        indices = clip_indices(start, self.num_seq, self.ds)
+        if self.source == "video":
+            return decode_video_clip(record.folder, indices, self.short_side), record.label, video
+        paths = [frame_path(record.folder, i) for i in indices]
         if self.encoded:
             files = read_frames(paths)
             frames = (torch.cat(files), torch.tensor([len(data) for data in files]))
@@ -347,13 +372,25 @@ class BadSamples:
                             + " | ".join(self.problems))
 
 
+def check_source(path: Path, records: list[VideoRecord], source: str) -> None:
+    """Refuses a CSV of video files read as frame folders, and the other way round (its first row tells)."""
+    first = Path(records[0].folder)
+    if source == "frames" and first.is_file():
+        raise DataError(f"{path}: indexes video files ({first}); add --source video")
+    if source == "video" and first.is_dir():
+        raise DataError(f"{path}: indexes frame folders ({first}); drop --source video, or index the videos with "
+                        f"ProcessData/write_csv.py --video_root")
+
+
 def split_dataset(path: Path, num_classes: int, num_seq: int, ds: int, windows: bool = False,
-                  encoded: bool = False, replace_bad: bool = False, fraction: float = 1.0) -> ClipDataset:
+                  encoded: bool = False, replace_bad: bool = False, fraction: float = 1.0, source: str = "frames",
+                  short_side: int = SHORT_SIDE) -> ClipDataset:
     """The ClipDataset of one split CSV (a fixed `fraction` of its videos); says how many videos were too short
     and how many a fraction kept, refuses a split with none left."""
     records = read_index(path, num_classes)
+    check_source(path, records, source)
     dataset = ClipDataset(records, num_seq, ds, windows=windows, encoded=encoded, replace_bad=replace_bad,
-                          fraction=fraction)
+                          fraction=fraction, source=source, short_side=short_side)
     if dataset.num_skipped:
         print(f"{path.name}: skipped {dataset.num_skipped} of {len(records)} videos shorter than "
               f"num_seq * ds = {num_seq * ds} frames")
@@ -363,6 +400,12 @@ def split_dataset(path: Path, num_classes: int, num_seq: int, ds: int, windows: 
     if len(dataset) == 0:
         raise DataError(f"{path}: no video has {num_seq * ds} frames; lower --num_seq or --ds")
     return dataset
+
+
+def single_threaded_opencv(worker_id: int) -> None:
+    """A loader worker resizes video frames with OpenCV, whose own thread pool would compete with the other
+    workers for the same cores."""
+    cv2.setNumThreads(1)
 
 
 def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool, device: torch.device,
@@ -378,5 +421,5 @@ def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool
     # A generator of its own: starting each pass draws a seed from it, which from the global RNG would shift the
     # dropout of a run resumed inside an epoch.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
-                      collate_fn=collate, generator=torch.Generator(),
+                      collate_fn=collate, generator=torch.Generator(), worker_init_fn=single_threaded_opencv,
                       pin_memory=pinned, persistent_workers=workers > 0, prefetch_factor=prefetch_factor)

@@ -12,13 +12,14 @@ from CPCTrans.augment import COLOR_AUG_KINDS, GRAY_KINDS, ClipAugment, pretraini
 from CPCTrans.checkpoint import load_pretrained
 from CPCTrans.convgru import GRU_DROPOUT
 from CPCTrans.cpc import FuturePredictor, PretextMetrics, contrastive_loss, dense_scores, plateau_warning, reverse_future
-from CPCTrans.data import make_loader, read_class_names, split_dataset
+from CPCTrans.data import SHORT_SIDE, make_loader, read_class_names, split_dataset
 from CPCTrans.device import autocast
 from CPCTrans.distributed import Processes, gather_with_grad
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.runtime import (REPO_ROOT, adam, add_distributed_flags, add_gru_dropout_flag, add_resize_flag,
-                              add_run_flags, add_schedule_flags, add_speed_flags, check_img_dim, csv_root, fraction,
-                              prepare_model, run_folder, speed_summary, split_csv, start_processes)
+                              add_run_flags, add_schedule_flags, add_source_flags, add_speed_flags, check_img_dim,
+                              csv_root, fraction, prepare_model, run_folder, speed_summary, split_csv,
+                              start_processes)
 from CPCTrans.training import Run, fit, optimize, run_command
 
 NEGATIVE_KINDS = ("global", "local")
@@ -39,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train_what", default="all", choices=["all", "last"],
                         help="last: freeze the ResNet trunk (its BatchNorm statistics too)")
     parser.add_argument("--img_dim", default=128, type=int)
+    add_source_flags(parser, "frames", SHORT_SIDE)
     add_run_flags(parser, REPO_ROOT / "CPCTrans")
     add_speed_flags(parser)
     parser.add_argument("--attn", default="full", choices=ATTENTION_KINDS,
@@ -84,6 +86,8 @@ def run_name(args: argparse.Namespace) -> str:
         name += f"_resize-{args.resize}"
     if args.gru_dropout != GRU_DROPOUT:
         name += f"_grudp{args.gru_dropout}"
+    if args.source != "frames":
+        name += f"_src-{args.source}{args.short_side}"
     if args.pretrain:
         name += "_pt=" + Path(args.pretrain).name
     return name
@@ -96,7 +100,8 @@ def build_loaders(args, device, processes: Processes):
         training = stage == "train"
         dataset = split_dataset(split_csv(args, csv_name), num_classes, args.num_seq, args.ds,
                                 encoded=args.decode == "gpu", replace_bad=True,
-                                fraction=1.0 if training else args.val_fraction)
+                                fraction=1.0 if training else args.val_fraction, source=args.source,
+                                short_side=args.short_side)
         # Validation drops its last smaller batch too: fewer videos give fewer negatives, and a higher top-1.
         loaders[stage] = make_loader(dataset, args.batch_size, args.workers, training, device, args.seed,
                                      drop_last=True, rank=processes.rank, world_size=processes.world_size)

@@ -12,6 +12,7 @@ from tensorboardX import SummaryWriter
 from CPCTrans.augment import RESIZE_KINDS
 from CPCTrans.checkpoint import save_atomic
 from CPCTrans.convgru import GRU_DROPOUT
+from CPCTrans.data import SOURCES
 from CPCTrans.device import select_device
 from CPCTrans.distributed import Processes, from_environment
 
@@ -154,6 +155,16 @@ def add_resize_flag(parser, default: str | None) -> None:
     parser.add_argument("--resize", default=default, choices=RESIZE_KINDS,
                         help="nearest (the reference): each crop becomes 224x224, then --img_dim by nearest neighbour; "
                              "bilinear: the crop scaled to --img_dim in one antialiased step")
+
+
+def add_source_flags(parser, source: str | None, short_side: int | None) -> None:
+    parser.add_argument("--source", default=source, choices=SOURCES,
+                        help="what the CSV index names: frame folders of extract_frame.py (frames), or video files "
+                             "decoded clip by clip in the loader workers (video; index them with write_csv.py "
+                             "--video_root)")
+    parser.add_argument("--short_side", default=short_side, type=int,
+                        help="--source video: frames are resized to this short side in the workers, as "
+                             "extract_frame.py writes them (240)")
 
 
 def add_gru_dropout_flag(parser) -> None:

@@ -75,6 +75,8 @@ def run_name(args) -> str:
         name += f"_resize-{args.resize}"
     if args.gru_dropout != GRU_DROPOUT:
         name += f"_grudp{args.gru_dropout}"
+    if args.source != "frames":
+        name += f"_src-{args.source}{args.short_side}"
     # A random init's architecture is its flags' (a checkpoint's is in its name); defaults keep the plain name.
     for key, default in ARCHITECTURE_DEFAULTS.items():
         if args.pretrain == "random" and getattr(args, key) not in (None, default):
@@ -103,7 +105,8 @@ def finetune(args: argparse.Namespace) -> Path:
     optimizer = adam(model.param_groups(args.train_what, args.lr), device, args.lr, args.wd)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.1)
     config = {**model.config, "num_seq": args.num_seq, "ds": args.ds, "img_dim": args.img_dim,
-              "resize": args.resize, "dataset": args.dataset, "split": args.split}
+              "resize": args.resize, "dataset": args.dataset, "split": args.split, "source": args.source,
+              "short_side": args.short_side}
     train_recipe, val_recipe = finetuning_recipes(args.color_jitter == "on", args.resize)
     compiled = args.compile is not None
     augmenters = {"train": ClipAugment(train_recipe, args.img_dim, compiled=compiled),

@@ -4,11 +4,12 @@ import argparse
 
 from CPCTrans.checkpoint import CheckpointError
 from CPCTrans.cpc import plateau_warning
-from CPCTrans.data import ClipDataset, read_class_names, split_dataset
+from CPCTrans.data import SHORT_SIDE, ClipDataset, read_class_names, split_dataset
 from CPCTrans.runtime import csv_root, split_csv
 
 # Finetuning defaults; --test takes what it is not given from the checkpoint.
-DATA_DEFAULTS = {"dataset": "ucf101", "split": 1, "num_seq": 5, "ds": 3, "img_dim": 128, "resize": "nearest"}
+DATA_DEFAULTS = {"dataset": "ucf101", "split": 1, "num_seq": 5, "ds": 3, "img_dim": 128, "resize": "nearest",
+                 "source": "frames", "short_side": SHORT_SIDE}
 # The reference validates finetuning on a fixed share of the test split: more of HMDB51's, which is smaller.
 VAL_FRACTIONS = {"hmdb51": 0.4}
 VAL_FRACTION = 0.3
@@ -63,4 +64,5 @@ def report_plateau(state: dict, checkpoint: str) -> None:
 def clip_dataset(stage: str, args, num_classes: int, windows: bool, fraction: float = 1.0) -> ClipDataset:
     """Training and validation replace unreadable clips; testing (windows) must read every one."""
     return split_dataset(split_csv(args, stage), num_classes, args.num_seq, args.ds, windows=windows,
-                         encoded=args.decode == "gpu", replace_bad=not windows, fraction=fraction)
+                         encoded=args.decode == "gpu", replace_bad=not windows, fraction=fraction,
+                         source=args.source, short_side=args.short_side)

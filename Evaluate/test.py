@@ -12,7 +12,7 @@ import argparse
 
 from CPCTrans.encoder import ATTENTION_KINDS, POSITION_KINDS
 from CPCTrans.runtime import (REPO_ROOT, add_distributed_flags, add_gru_dropout_flag, add_resize_flag, add_run_flags,
-                              add_schedule_flags, add_speed_flags, check_img_dim, fraction)
+                              add_schedule_flags, add_source_flags, add_speed_flags, check_img_dim, fraction)
 from CPCTrans.training import run_command
 from Evaluate.classifier import TRAIN_WHAT
 from Evaluate.finetune import finetune
@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "trains on crops and flips only, as linear evaluations commonly do (docs/results.md)")
     parser.add_argument("--img_dim", default=None, type=int, help="default 128")
     add_resize_flag(parser, None)
+    add_source_flags(parser, None, None)
     add_gru_dropout_flag(parser)
     parser.add_argument("--val_fraction", default=None, type=fraction,
                         help="validate finetuning on this fixed random share of the test split's videos (default: "

@@ -1,15 +1,20 @@
-"""The embedded demo dataset: real .avi videos in UCF101's layout, whose class only motion tells.
+"""The embedded demo dataset: real videos in UCF101's layout (or Kinetics'), whose class only motion tells.
 
     python ProcessData/make_demo.py --out demo_output
+    python ProcessData/make_demo.py --out demo_k400 --format k400
 
 Every video is a camera panning or zooming over a random textured canvas, or over one of your photographs
 with --photos DIR (closer to real footage); the class is the camera's motion, so no single frame gives it away.
 Written as <out>/videos/<Class>/v_<Class>_gNN_cNN.avi (MJPG) with official-format split lists in
 <out>/ucfTrainTestlist/ (CRLF, like the release): split k tests on the k-th third of the groups.
+With --format k400 the same videos are .mp4 files in Kinetics' layout, <out>/videos/<train|val>/<class>/
+<youtube id>_<start:06d>_<end:06d>.mp4, listed in <out>/annotations/train.csv and validate.csv (CRLF); as in the
+real Kinetics, some listed videos were never downloaded and one file is corrupt (cut in half).
 Deterministic for a given --seed: --workers N renders and encodes the videos in N processes and writes the same
 files.
 """
 import argparse
+import csv
 import math
 import multiprocessing
 import sys
@@ -137,10 +142,14 @@ def camera_video(rng: np.random.Generator, motion: tuple[int, int, int], frames:
     return film(draw_camera(rng, motion, frames, canvas), frames)
 
 
-def write_avi(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (WIDTH, HEIGHT))
+CODECS = {".avi": "MJPG", ".mp4": "mp4v"}  # what OpenCV's own FFmpeg can write for each container
+
+
+def write_video_file(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:
+    codec = CODECS[path.suffix]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (WIDTH, HEIGHT))
     if not writer.isOpened():
-        raise OSError(f"{path}: OpenCV cannot write MJPG video here")
+        raise OSError(f"{path}: OpenCV cannot write {codec} video here")
     for frame in frames:
         writer.write(frame)
     writer.release()
@@ -167,7 +176,24 @@ def write_lists(list_dir: Path, names: list[str], videos: list[tuple[str, int, s
 def write_video(path: Path, motion: tuple[int, int, int], frames: int, rng_state: dict, canvas: CanvasMaker) -> None:
     rng = np.random.default_rng()
     rng.bit_generator.state = rng_state
-    write_avi(path, camera_video(rng, motion, frames, canvas))
+    write_video_file(path, camera_video(rng, motion, frames, canvas))
+
+
+def render_videos(paths: list[tuple[Path, tuple[int, int, int]]], frames: int, rng: np.random.Generator,
+                  workers: int, canvas: CanvasMaker) -> None:
+    """Films and writes each (path, motion) in turn from `rng`: the same files whatever `workers`."""
+    for path, _ in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if workers == 1:
+        for path, motion in paths:
+            write_video_file(path, camera_video(rng, motion, frames, canvas))
+        return
+    jobs = []
+    for path, motion in paths:
+        jobs.append((path, motion, frames, rng.bit_generator.state, canvas))
+        draw_camera(rng, motion, frames, canvas)  # its draws, so the next video starts after them
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(write_video, *zip(*jobs), chunksize=8))
 
 
 def make_demo(out: Path, groups: int, clips: int, frames: int, seed: int, workers: int = 1,
@@ -178,25 +204,66 @@ def make_demo(out: Path, groups: int, clips: int, frames: int, seed: int, worker
     names = sorted(CLASSES)
     videos = [(class_name, group, f"v_{class_name}_g{group:02d}_c{clip:02d}.avi")
               for class_name in names for group in range(1, groups + 1) for clip in range(1, clips + 1)]
-    for class_name in names:
-        (out / "videos" / class_name).mkdir(parents=True, exist_ok=True)
     paths = [(out / "videos" / class_name / file_name, CLASSES[class_name]) for class_name, _, file_name in videos]
-    if workers == 1:
-        for path, motion in paths:
-            write_avi(path, camera_video(rng, motion, frames, canvas))
-    else:
-        jobs = []
-        for path, motion in paths:
-            jobs.append((path, motion, frames, rng.bit_generator.state, canvas))
-            draw_camera(rng, motion, frames, canvas)  # its draws, so the next video starts after them
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(write_video, *zip(*jobs), chunksize=8))
+    render_videos(paths, frames, rng, workers, canvas)
     write_lists(out / "ucfTrainTestlist", names, videos, groups)
+
+
+KINETICS_LABELS = {"PanUp": "pan up", "PanDown": "pan down", "PanSideways": "pan sideways", "ZoomIn": "zoom in",
+                   "ZoomOut": "zoom out"}  # with spaces, as Kinetics' labels are
+YOUTUBE_ID_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@dataclass
+class KineticsDemo:
+    """What make_kinetics_demo wrote: the listed videos (label, youtube id, start, end, split) and which of them
+    are missing or corrupt on disk."""
+
+    listed: list[tuple[str, str, int, int, str]]
+    missing: list[str]
+    corrupt: list[str]
+
+
+def make_kinetics_demo(out: Path, groups: int, clips: int, frames: int, seed: int, workers: int = 1,
+                       canvas: CanvasMaker = textured_canvas) -> KineticsDemo:
+    """The demo's videos in Kinetics' layout: the last third of each class's groups is its validation set. Of the
+    listed videos, the first of each split's last class is never written and the second of the first class's
+    training videos is cut in half."""
+    rng = np.random.default_rng(seed)
+    listed, paths = [], []
+    for class_name in sorted(CLASSES):
+        for group in range(1, groups + 1):
+            for _ in range(clips):
+                split = "validate" if group > groups - groups // 3 else "train"
+                youtube_id = "".join(rng.choice(list(YOUTUBE_ID_CHARACTERS), 11))
+                start = int(rng.integers(0, 300))
+                label = KINETICS_LABELS[class_name]
+                listed.append((label, youtube_id, start, start + 10, split))
+                folder = out / "videos" / ("train" if split == "train" else "val") / label.replace(" ", "_")
+                paths.append((folder / f"{youtube_id}_{start:06d}_{start + 10:06d}.mp4", CLASSES[class_name]))
+    last_label = KINETICS_LABELS[sorted(CLASSES)[-1]]
+    missing = [next(i for i, row in enumerate(listed) if row[0] == last_label and row[4] == split)
+               for split in ("train", "validate")]
+    corrupt = [i for i, row in enumerate(listed) if row[4] == "train"][1]
+    render_videos([job for i, job in enumerate(paths) if i not in missing], frames, rng, workers, canvas)
+    whole = paths[corrupt][0].read_bytes()
+    paths[corrupt][0].write_bytes(whole[:len(whole) // 2])
+    annotations = out / "annotations"
+    annotations.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "validate"):
+        with open(annotations / f"{split}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\r\n")
+            writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+            writer.writerows(row for row in listed if row[4] == split)
+    return KineticsDemo(listed, [paths[i][0].stem for i in missing], [paths[corrupt][0].stem])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write the motion-only demo dataset in UCF101's format")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--format", default="ucf101", choices=("ucf101", "k400"),
+                        help="ucf101: .avi files and split lists in UCF101's layout; k400: .mp4 files and "
+                             "annotation CSVs in Kinetics' layout, some listed videos missing, one corrupt")
     parser.add_argument("--groups", default=6, type=int, help="source groups per class (gNN); a multiple of 3")
     parser.add_argument("--clips", default=3, type=int, help="clips per group (cNN)")
     parser.add_argument("--frames", default=40, type=int, help="frames per video")
@@ -216,10 +283,15 @@ def main(argv=None) -> int:
         sys.exit(f"error: --workers must be at least 1, got {args.workers}")
     try:
         canvas = PhotoCanvases(args.photos) if args.photos else textured_canvas
-        make_demo(args.out, args.groups, args.clips, args.frames, args.seed, args.workers, canvas)
+        if args.format == "k400":
+            demo = make_kinetics_demo(args.out, args.groups, args.clips, args.frames, args.seed, args.workers, canvas)
+            print(f"wrote {len(demo.listed)} listed videos ({len(demo.missing)} of them never written, "
+                  f"{len(demo.corrupt)} corrupt) and annotation CSVs to {args.out}")
+        else:
+            make_demo(args.out, args.groups, args.clips, args.frames, args.seed, args.workers, canvas)
+            print(f"wrote {len(CLASSES) * args.groups * args.clips} videos and split lists to {args.out}")
     except DemoError as error:
         sys.exit(f"error: {error}")
-    print(f"wrote {len(CLASSES) * args.groups * args.clips} videos and split lists to {args.out}")
     return 0
 
 

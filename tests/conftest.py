@@ -22,6 +22,15 @@ def demo_dataset(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def demo_video_csv(demo_dataset) -> Path:
+    """The demo dataset's CSVs indexing its video files themselves (for --source video)."""
+    csv_root = demo_dataset / "video_csv"
+    assert write_csv.main(["--dataset", "ucf101", "--video_root", str(demo_dataset / "videos"),
+                           "--split_root", str(demo_dataset / "ucfTrainTestlist"), "--csv_root", str(csv_root)]) == 0
+    return csv_root
+
+
 @pytest.fixture
 def official_lists(tmp_path) -> dict[str, Path]:
     """Excerpts of the official UCF101 and HMDB51 split lists, byte for byte as released."""

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ProcessData.make_demo import CLASSES, PhotoCanvases, camera_video, main, make_demo, write_avi
+from ProcessData.make_demo import CLASSES, PhotoCanvases, camera_video, main, make_demo, write_video_file
 
 
 def files(root: Path) -> dict[Path, bytes]:
@@ -24,7 +24,7 @@ def test_videos_rendered_by_several_processes_are_one_generators_videos_in_order
     for class_name in sorted(CLASSES):
         for group in (1, 2, 3):
             for clip in (1, 2):
-                write_avi(tmp_path / "expected.avi", camera_video(rng, CLASSES[class_name], 8))
+                write_video_file(tmp_path / "expected.avi", camera_video(rng, CLASSES[class_name], 8))
                 name = Path("videos") / class_name / f"v_{class_name}_g{group:02d}_c{clip:02d}.avi"
                 assert two[name] == (tmp_path / "expected.avi").read_bytes(), name
     assert len({content for name, content in two.items() if name.suffix == ".avi"}) == len(CLASSES) * 3 * 2

@@ -49,10 +49,10 @@ def test_missing_videos_are_named_and_strict_fails(tmp_path, official_lists, cap
             str(official_lists["ucfTrainTestlist"]), "--csv_root", str(tmp_path / "csv")]
     assert write_csv.main(args) == 0
     out = capsys.readouterr().out
-    assert "HandstandPushups/v_HandStandPushups_g08_c01" in out and "without frames" in out
+    assert "HandstandPushups/v_HandStandPushups_g08_c01" in out and "train_split01.csv: 1 videos, 3 left out" in out
     assert "no lists for split" not in out  # all three splits listed
     assert len(read_rows(tmp_path / "csv" / "train_split01.csv")) == 1
-    with pytest.raises(SystemExit, match="have no frames"):
+    with pytest.raises(SystemExit, match="have no frame folder"):
         write_csv.main(args + ["--strict"])
 
 
@@ -99,7 +99,8 @@ def test_a_dataset_with_the_first_splits_lists_only_gets_that_splits_csvs(tmp_pa
         out = tmp_path / dataset
         assert write_csv.main(["--dataset", dataset, "--frame_root", str(frames), "--split_root",
                                str(official_lists[lists]), "--csv_root", str(out)]) == 0
-        assert sorted(path.name for path in out.iterdir()) == ["classInd.txt", "test_split01.csv", "train_split01.csv"]
+        assert sorted(path.name for path in out.glob("*.csv")) == ["test_split01.csv", "train_split01.csv"]
+        assert (out / "classInd.txt").is_file()
         assert f"no lists for split 2, 3 in {official_lists[lists]}: not indexed" in capsys.readouterr().out
     assert len(read_rows(tmp_path / "ucf101" / "train_split01.csv")) == 1
     assert len(read_rows(tmp_path / "hmdb51" / "test_split01.csv")) == 1
