@@ -402,18 +402,16 @@ def split_dataset(path: Path, num_classes: int, num_seq: int, ds: int, windows: 
     return dataset
 
 
-def single_threaded_opencv(worker_id: int) -> None:
-    """A loader worker resizes video frames with OpenCV, whose own thread pool would compete with the other
-    workers for the same cores."""
-    cv2.setNumThreads(1)
-
-
 def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool, device: torch.device,
                 seed: int = 0, drop_last: bool | None = None, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Batches of `dataset` for process `rank` of `world_size`, shuffled when `train`; the loader's `sampler` is an
     EpochSampler (call its set_epoch each epoch). A last smaller global batch is dropped when `drop_last` (by
     default when `train`), unless it is the only one."""
     drop_last = (train if drop_last is None else drop_last) and len(dataset) >= batch_size * world_size
+    if dataset.source == "video":
+        # Workers decode and resize with OpenCV: one thread each, as they share the cores. Set here, before they
+        # fork: a worker that changes the thread pool it inherited can deadlock on the pool's copied locks.
+        cv2.setNumThreads(1)
     pinned = device.type == "cuda" and not dataset.encoded
     prefetch_factor = 4 if workers > 0 else None
     collate = ReusedSharedBatches(prefetch_factor + 2) if pinned and workers > 0 else collate_clips
@@ -421,5 +419,5 @@ def make_loader(dataset: ClipDataset, batch_size: int, workers: int, train: bool
     # A generator of its own: starting each pass draws a seed from it, which from the global RNG would shift the
     # dropout of a run resumed inside an epoch.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
-                      collate_fn=collate, generator=torch.Generator(), worker_init_fn=single_threaded_opencv,
+                      collate_fn=collate, generator=torch.Generator(),
                       pin_memory=pinned, persistent_workers=workers > 0, prefetch_factor=prefetch_factor)

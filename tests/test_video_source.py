@@ -151,7 +151,8 @@ def csv_with_broken_videos(demo_video_csv: Path, tmp_path: Path) -> tuple[Path, 
 def test_pretraining_and_finetuning_from_videos_replace_and_count_unreadable_ones(demo_video_csv, demo_dataset,
                                                                                   tmp_path, capsys):
     csv_root, broken = csv_with_broken_videos(demo_video_csv, tmp_path)
-    flags = ["--csv_root", csv_root, "--source", "video", "--batch_size", "4"]
+    # Two loader processes, forked from this one, which has used OpenCV's threads (the demo was filmed here).
+    flags = ["--csv_root", csv_root, "--source", "video", "--batch_size", "4", "--workers", "2"]
     pretrain(demo_dataset, tmp_path / "pretrain", 1, *flags)
     logged = capsys.readouterr()
     for path in broken:
