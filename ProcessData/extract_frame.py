@@ -28,7 +28,8 @@ VIDEO_CODEC = "mp4v"  # MPEG-4 part 2: what OpenCV's own FFmpeg writes into .mp4
 
 
 class FrameFolder:
-    """Frames written as image_00001.jpg ... into a hidden folder, renamed to `target` when complete."""
+    """Frames written as image_00001.jpg ... into a hidden folder, renamed to `target` when complete (`fps`, which
+    frames do not keep, makes its constructor ResizedVideo's)."""
 
     def __init__(self, target: Path, fps: float):
         self.target, self.partial = target, target.with_name(f".{target.name}.partial")

@@ -33,7 +33,7 @@ def ucf101_classes(split_root: Path) -> list[str]:
     path = split_root / "classInd.txt"
     classes = {}
     for number, line in _lines(path):
-        parts = line.split()
+        parts = line.split(maxsplit=1)
         if len(parts) != 2 or not parts[0].isdigit():
             raise SplitError(f"{path}:{number}: expected '<index> <class>', got {line!r}")
         classes[int(parts[0])] = parts[1]
@@ -115,7 +115,7 @@ def kinetics_file(split_root: Path, train: bool) -> Path:
 
 
 def kinetics_rows(path: Path) -> list[tuple[int, dict]]:
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's save may start with a BOM
         reader = csv.DictReader(handle)
         missing = [column for column in KINETICS_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:

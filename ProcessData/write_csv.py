@@ -128,23 +128,24 @@ def index_splits(split_format, split_root: Path, splits: list[int], finder: Find
     listed = {(stage, split): split_format.videos(split_root, split, stage == "train")
               for split in splits for stage in ("train", "test")}
     located = {video: finder.find(video) for videos in listed.values() for video in videos}
-    if finder.videos:
-        counts = count_videos(sorted({path for path in located.values() if path and path.is_file()}), workers)
-    else:
-        counts = {path: (count_frames(path), "") for path in set(located.values()) if path}
+    existing = sorted({path for path in located.values() if path and path.exists()})
+    counts = (count_videos(existing, workers) if finder.videos else
+              {path: (count_frames(path), "") for path in existing})
     tables = Tables()
     for key, videos in listed.items():
         rows = tables.rows.setdefault(key, [])
         tables.listed[key] = len(videos)
         for video in videos:
             name = video.path or f"{video.class_name}/{video.video}"
-            frames, error = counts.get(located[video], (0, "")) if located[video] else (0, "")
-            if frames:
-                rows.append((str(located[video]), frames, video.label))
-            elif error or (finder.videos and located[video] and located[video].is_file()):
-                tables.unreadable[name] = error or f"{located[video]}: declares no frames"
-            else:
+            path = located[video]
+            if path not in counts:
                 tables.missing.add(name)
+                continue
+            frames, error = counts[path]
+            if frames:
+                rows.append((str(path), frames, video.label))
+            else:
+                tables.unreadable[name] = error or f"{path}: holds no frames"
     return tables
 
 
