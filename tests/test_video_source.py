@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from CPCTrans.data import (BadSamples, ClipDataset, DataError, VideoRecord, clip_indices, clip_start_range,
-                           decode_frames, frame_path, read_class_names, read_index)
+from CPCTrans.data import (ClipDataset, DataError, clip_indices, clip_start_range, decode_frames, frame_path,
+                           read_class_names, read_index)
 from CPCTrans.video import clip_frames, read_all_frames, resize_short_side
 from ProcessData import check_videos, extract_frame, make_demo, write_csv
 from test_resume import assert_same_weights, final_weights, pretrain
@@ -57,26 +57,23 @@ def test_kinetics_index_names_missing_and_corrupt_videos_and_counts_the_rest(kin
 
 
 def test_kinetics_flat_layout_named_by_youtube_id_and_extracted_frames_are_found(kinetics_demo, tmp_path):
-    root, demo = kinetics_demo
+    root, _ = kinetics_demo
     flat = tmp_path / "flat"
     flat.mkdir()
     for video in (root / "videos").rglob("*.mp4"):
         shutil.copy(video, flat / f"{video.stem[:11]}.mp4")
+    index_kinetics(root, tmp_path / "layout_csv", "--video_root", str(root / "videos"))
+    by_layout = rows_of(tmp_path / "layout_csv" / "train_split01.csv")
     index_kinetics(root, tmp_path / "flat_csv", "--video_root", str(flat))
-    by_layout = rows_of(tmp_path / "flat_csv" / "train_split01.csv")
-    assert len(by_layout) == len([row for row in demo.listed if row[4] == "train"]) - 2  # one missing, one corrupt
-    assert all(Path(row[0]).parent == flat for row in by_layout)
+    by_id = rows_of(tmp_path / "flat_csv" / "train_split01.csv")
+    assert [(Path(row[0]).parent, Path(row[0]).stem, row[1:]) for row in by_id] == [
+        (flat, Path(row[0]).stem[:11], row[1:]) for row in by_layout]
     assert extract_frame.main(["--video_root", str(root / "videos"), "--frame_root", str(tmp_path / "frames"),
                                "--ext", "mp4", "--workers", "1"]) == 1  # the corrupt one fails, the others are done
     index_kinetics(root, tmp_path / "frame_csv", "--frame_root", str(tmp_path / "frames"))
     frame_rows = rows_of(tmp_path / "frame_csv" / "train_split01.csv")
-    assert [(Path(row[0]).name, row[1], row[2]) for row in frame_rows] == [
-        (Path(row[0]).stem, row[1], row[2]) for row in rows_of_layout(root, tmp_path)]
-
-
-def rows_of_layout(root: Path, tmp_path: Path) -> list[list[str]]:
-    index_kinetics(root, tmp_path / "layout_csv", "--video_root", str(root / "videos"))
-    return rows_of(tmp_path / "layout_csv" / "train_split01.csv")
+    assert [(Path(row[0]).name, row[1:]) for row in frame_rows] == [(Path(row[0]).stem, row[1:]) for row in by_layout]
+    assert all(Path(row[0]).parent.parent.name == "train" for row in frame_rows)  # <split>/<class>/<video> kept
 
 
 def test_plain_path_label_lists_are_indexed(kinetics_demo, tmp_path):
@@ -179,6 +176,8 @@ def test_a_run_resumed_from_videos_ends_with_the_uninterrupted_weights(demo_vide
 
 
 def test_a_csv_of_the_other_source_is_refused_in_one_line(demo_video_csv, demo_dataset, tmp_path):
+    with pytest.raises(DataError, match="with --source video use --decode cpu"):
+        ClipDataset(read_index(demo_video_csv / "train_split01.csv"), 4, 3, encoded=True, source="video")
     with pytest.raises(SystemExit, match="indexes video files .*; add --source video"):
         pretrain(demo_dataset, tmp_path / "a", 1, "--csv_root", demo_video_csv)
     with pytest.raises(SystemExit, match="indexes frame folders .*; drop --source video"):
