@@ -186,7 +186,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frame_root", type=Path, default=None, help="existing frame folders to read")
     parser.add_argument("--video_root", type=Path, default=None,
                         help="with --source video: existing .mp4/.avi files to read (any depth)")
-    parser.add_argument("--videos", default=64, type=int, help="videos to write when no --frame_root (with --video_root: the first this many are read)")
+    parser.add_argument("--videos", default=64, type=int,
+                        help="videos to write when no --frame_root (with --video_root: the first this many are read)")
     parser.add_argument("--frames", default=60, type=int, help="frames per written video")
     parser.add_argument("--profile", type=Path, default=None, metavar="TRACE",
                         help="then run --steps more end-to-end steps under torch.profiler: a Chrome trace of every "
@@ -198,7 +199,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_resize_flag(parser, "nearest")
     add_source_flags(parser, "frames", SHORT_SIDE)
     add_speed_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.source == "video" and (args.frame_root or args.decode == "gpu"):
+        parser.error("--source video reads video files: drop --frame_root and --decode gpu")
+    if args.video_root and args.source != "video":
+        parser.error("--video_root is read with --source video; add it")
+    return args
 
 
 def print_table(result: dict) -> None:

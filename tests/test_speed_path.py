@@ -122,6 +122,17 @@ def test_benchmark_reads_existing_frame_folders(tmp_path):
     assert [(r.folder, r.num_frames) for r in found] == [(r.folder, r.num_frames) for r in records]
 
 
+def test_benchmark_from_videos_also_times_the_frames_of_the_same_footage(tmp_path, capsys):
+    videos = benchmark.write_videos(tmp_path / "videos", videos=2, frames=16)
+    assert [(Path(r.folder).name, r.num_frames) for r in videos] == [("video0000.mp4", 16), ("video0001.mp4", 16)]
+    report = benchmark.main(["--source", "video", "--video_root", str(tmp_path / "videos"), "--img_dim", "64",
+                             "--batch_size", "2", "--steps", "2", "--warmup", "1", "--workers", "1", "--device",
+                             "cpu"])
+    assert report["source"] == "video"
+    assert report["loader_clips_per_s"] > 0 and report["loader_from_frames_clips_per_s"] > 0
+    assert "| loader from frames |" in capsys.readouterr().out
+
+
 def gpu():
     return torch.device("cuda")
 
