@@ -2,28 +2,25 @@
 
     python scripts/compare_decoders.py --videos 'K400/videos/val/*/*.mp4' --short_side 240
 
-For each decoder installed (OpenCV always; PyAV and torchcodec when importable), in this process on one thread:
-clips/s decoding `--num_seq` frames `--ds` apart from random starts and resizing them to `--short_side`, the
-the peak memory decoding added to the process (each decoder runs in a fresh one), and whether every clip equals the same frames of a decode from the first frame (exact
-seeking). Only OpenCV is a dependency of the repository; the others are here to compare.
+For each decoder installed (OpenCV always; PyAV and torchcodec when importable), each in a fresh process on one
+thread: clips/s decoding `--num_seq` frames `--ds` apart from random starts and resizing them to `--short_side`, the
+peak memory decoding added to the process, and whether the first 20 clips equal the same frames of a decode from the
+first frame by OpenCV, the loader's decoder (exact seeking). Only OpenCV is a dependency of the repository; the
+others are here to compare.
 """
 import argparse
 import glob
+import importlib.util
 import multiprocessing
 import random
 import resource
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from CPCTrans.video import clip_frames, frame_count, read_all_frames, resize_short_side
-
-
-def opencv_clip(path: str, indices: list[int]) -> list[np.ndarray]:
-    return clip_frames(path, indices)
 
 
 def pyav_clip(path: str, indices: list[int]) -> list[np.ndarray]:
@@ -53,19 +50,14 @@ def torchcodec_approximate_clip(path: str, indices: list[int]) -> list[np.ndarra
     return torchcodec_clip(path, indices, "approximate")
 
 
-DECODERS = {"opencv": opencv_clip, "pyav": pyav_clip, "torchcodec": torchcodec_clip,
-            "torchcodec-approximate": torchcodec_approximate_clip}
+# name -> (the module it needs beyond the repository's, the function decoding a clip's frames as RGB arrays)
+DECODERS = {"opencv": (None, clip_frames), "pyav": ("av", pyav_clip), "torchcodec": ("torchcodec", torchcodec_clip),
+            "torchcodec-approximate": ("torchcodec", torchcodec_approximate_clip)}
 
 
 def installed(name: str) -> bool:
-    module = {"pyav": "av", "torchcodec": "torchcodec", "torchcodec-approximate": "torchcodec"}.get(name)
-    if module is None:
-        return True
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
+    module = DECODERS[name][0]
+    return module is None or importlib.util.find_spec(module) is not None
 
 
 def peak_rss_mib() -> float:
@@ -80,7 +72,7 @@ def rss_mib() -> float:
 def measure(name: str, videos: list[str], clips: int, num_seq: int, ds: int, short_side: int, seed: int) -> dict:
     """Run in a fresh process: the peak memory is then this decoder's alone."""
     cv2.setNumThreads(1)
-    decode = DECODERS[name]
+    decode = DECODERS[name][1]
     rng = random.Random(seed)
     lengths = {video: frame_count(video) for video in videos}
     jobs = []
@@ -96,11 +88,12 @@ def measure(name: str, videos: list[str], clips: int, num_seq: int, ds: int, sho
         [resize_short_side(frame, short_side) for frame in decode(video, indices)]
     seconds = time.perf_counter() - began
     peak = peak_rss_mib() - before
+    checked = jobs[:20]
     exact = 0
-    for video, indices in jobs[:20]:
+    for video, indices in checked:
         everything = read_all_frames(video)
         exact += all(np.array_equal(a, b) for a, b in zip(decode(video, indices), (everything[i] for i in indices)))
-    return {"clips_per_s": clips / seconds, "peak_mib": max(0.0, peak), "exact": f"{exact}/20"}
+    return {"clips_per_s": clips / seconds, "peak_mib": max(0.0, peak), "exact": f"{exact}/{len(checked)}"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

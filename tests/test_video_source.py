@@ -2,6 +2,8 @@
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from ProcessData import check_videos, extract_frame, make_demo, write_csv
 from test_resume import assert_same_weights, final_weights, pretrain
 
 FRAMES = 20
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +223,14 @@ def test_extract_frame_writes_resized_videos_in_the_same_layout(kinetics_demo, t
     frames = read_all_frames(str(written[0]))
     assert len(frames) == FRAMES and frames[0].shape == (128, 170, 3)  # 170.7 wide, cut to an even width
     assert not list(out.rglob(".*"))  # no partial file left behind
+
+
+def test_compare_decoders_times_opencv_and_checks_its_seeking(kinetics_demo):
+    root, demo = kinetics_demo
+    videos = [str(path) for path in sorted((root / "videos").rglob("*.mp4")) if path.stem not in demo.corrupt][:3]
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_decoders.py"), "--videos", *videos,
+                             "--clips", "6", "--num_seq", "3"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| opencv |"))
+    clips_per_s, _, exact = [cell.strip() for cell in row.strip("|").split("|")[1:]]
+    assert float(clips_per_s) > 0 and exact == "6/6"
