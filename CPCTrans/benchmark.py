@@ -1,7 +1,7 @@
 """Throughput of pretraining, piece by piece and end to end, on real JPEG frame folders or video files.
 
     python CPCTrans/benchmark.py --img_dim 224 --batch_size 16 --num_seq 5 --pred_step 3
-    python CPCTrans/benchmark.py --source video --video_root K400/videos_256
+    python CPCTrans/benchmark.py --source video --video_root K400/videos_240
 
 Without --frame_root it first writes its own 320x240 JPEG folders (the demo dataset's camera
 motion, JPEG quality 80, as extract_frame.py writes them). With --source video it reads videos (--video_root, or

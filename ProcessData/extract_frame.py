@@ -1,8 +1,8 @@
 """Videos -> JPEG frame folders: <frame_root>/<class>/<video>/image_00001.jpg ... (or resized videos, --out video)
 
     python ProcessData/extract_frame.py --video_root UCF101/videos --frame_root UCF101/frames
-    python ProcessData/extract_frame.py --video_root K400/videos --frame_root K400/videos_256 --ext mp4 \
-        --out video --short_side 256
+    python ProcessData/extract_frame.py --video_root K400/videos --frame_root K400/videos_240 --ext mp4 \
+        --out video --short_side 240
 
 Every <video>.<ext> below --video_root (at any depth) is written at the same place below --frame_root. Short side
 resized to --dim / --short_side (aspect kept); frames as JPEG quality 80, or videos as MPEG-4 (mp4v), which
