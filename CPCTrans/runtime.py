@@ -162,7 +162,7 @@ def add_source_flags(parser, source: str | None, short_side: int | None) -> None
                         help="what the CSV index names: frame folders of extract_frame.py (frames), or video files "
                              "decoded clip by clip in the loader workers (video; index them with write_csv.py "
                              "--video_root)")
-    parser.add_argument("--short_side", default=short_side, type=int,
+    parser.add_argument("--short_side", default=short_side, type=at_least_one,
                         help="--source video: frames are resized to this short side in the workers, as "
                              "extract_frame.py writes them (240)")
 
