@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from CPCTrans.device import to_device
 from CPCTrans.resume import epoch_seed
-from CPCTrans.video import VideoError, clip_frames, resize_short_side
+from CPCTrans.video import VideoError, clip_frames
 
 SOURCES = ("frames", "video")  # what the CSV's first column names: frame folders, or video files
 SHORT_SIDE = 240  # frames decoded from videos are resized to this short side, as extract_frame.py writes them
@@ -136,10 +136,10 @@ def decode_video_clip(path: str, indices: list[int], short_side: int) -> torch.T
     """The frames at `indices` of a video file, short side resized to `short_side` -> uint8 (N, 3, H, W) stored
     channel-last, as decode_frames gives them."""
     try:
-        frames = clip_frames(path, indices)
+        frames = clip_frames(path, indices, short_side)
     except VideoError as error:
         raise DataError(str(error)) from None
-    return torch.from_numpy(np.stack([resize_short_side(frame, short_side) for frame in frames])).permute(0, 3, 1, 2)
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
 
 
 def stack_frames(frames: list[torch.Tensor]) -> torch.Tensor:

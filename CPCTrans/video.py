@@ -43,9 +43,9 @@ def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if size[1] < height else cv2.INTER_LINEAR)
 
 
-def clip_frames(path: str, indices: list[int]) -> list[np.ndarray]:
-    """The frames at increasing 0-based `indices`, RGB (H, W, 3) uint8: seek to the first, then decode on,
-    converting only the frames asked for."""
+def clip_frames(path: str, indices: list[int], short_side: int | None = None) -> list[np.ndarray]:
+    """The frames at increasing 0-based `indices`, RGB (H, W, 3) uint8, short side resized to `short_side` if given:
+    seek to the first, then decode on, converting only the frames asked for (after resizing, on fewer pixels)."""
     capture = open_video(path)
     frames = []
     try:
@@ -62,6 +62,8 @@ def clip_frames(path: str, indices: list[int]) -> list[np.ndarray]:
             if not ok:
                 raise VideoError(f"{path}: cannot decode frame {index + 1} (corrupt); check it with "
                                  f"ProcessData/check_videos.py")
+            if short_side is not None:
+                frame = resize_short_side(frame, short_side)
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     finally:
         capture.release()

@@ -72,6 +72,8 @@ class Finder:
     def _in_class_folder(self, folder: Path, name: str) -> Path | None:
         if not self.videos:
             return folder / name if (folder / name / FIRST_FRAME).is_file() else None
+        if not folder.is_dir():  # Kinetics' layouts: one look, not one per suffix, for each of 240,000 videos
+            return None
         for suffix in sorted(VIDEO_SUFFIXES):
             if (folder / f"{name}{suffix}").is_file():
                 return folder / f"{name}{suffix}"
